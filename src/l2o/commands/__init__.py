@@ -1,0 +1,1 @@
+"""Sub-commands of the ``l2o`` CLI, one module per command group."""

@@ -1,0 +1,28 @@
+"""Optimizee problems: the Task protocol, task families, and a registry by name.
+
+``l2o.tasks.get("digits_mlp", hidden=40)`` builds a task; ``l2o.tasks.available()`` lists names.
+"""
+
+from l2o._registry import Registry
+from l2o.tasks.base import FixedFamily, ModuleTask, Params, SupervisedTask, Task, TaskFamily, seed_from
+
+TASKS = Registry(
+    "task",
+    {
+        "quadratic": "l2o.tasks.quadratic:QuadraticTask",
+        "digits_mlp": "l2o.tasks.digits:DigitsMLP",
+    },
+)
+
+
+def get(name: str, **kwargs) -> Task:
+    """Build the task registered as ``name`` with keyword arguments ``kwargs``."""
+    return TASKS.get(name)(**kwargs)
+
+
+def available() -> list[str]:
+    return TASKS.names()
+
+
+__all__ = ["Task", "TaskFamily", "FixedFamily", "ModuleTask", "SupervisedTask", "Params",
+           "seed_from", "TASKS", "get", "available"]
