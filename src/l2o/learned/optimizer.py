@@ -1,0 +1,98 @@
+"""``LearnedOptimizer``: any learned update rule as an ordinary ``torch.optim.Optimizer``.
+
+Usage::
+
+    opt = l2o.LearnedOptimizer.pretrained("l2l-digits", model.parameters())
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+The rule's per-parameter state (e.g. the LSTM's hidden and cell states) lives in
+``optimizer.state[p]`` as tensors, so ``state_dict()`` / ``load_state_dict()`` round trip and
+training continues identically. The rule's weights are not part of the optimizer's state dict:
+they are fixed (shipped or loaded from a file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+import torch
+
+from l2o.learned.base import LearnedRule
+
+
+class LearnedOptimizer(torch.optim.Optimizer):
+    """Applies a trained :class:`~l2o.learned.base.LearnedRule` to ``params``.
+
+    All parameters with a gradient are processed in one call of the rule (a coordinatewise
+    rule sees every coordinate in one batch).
+
+    Args:
+        params: iterable of tensors or of param-group dicts.
+        rule: the trained rule; None loads the shipped ``"l2l-digits"`` LSTM.
+        lr: a multiplier of the rule's update (1.0 applies it exactly as meta-trained); kept
+            per param group so learning-rate schedulers work.
+    """
+
+    def __init__(self, params: Iterable, rule: LearnedRule | None = None, lr: float = 1.0):
+        if not (lr >= 0.0):
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if rule is None:
+            from l2o.learned.weights import PRETRAINED
+
+            rule = PRETRAINED.load("l2l-digits")
+        if not isinstance(rule, LearnedRule):
+            raise ValueError(f"rule must be a LearnedRule, got {type(rule).__name__}")
+        super().__init__(params, {"lr": lr})
+        self.rule = rule
+        for p in self.rule.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def pretrained(cls, name: str, params: Iterable, **kwargs) -> LearnedOptimizer:
+        """An optimizer running the shipped weights ``name`` (see ``l2o.learned.PRETRAINED``)."""
+        from l2o.learned.weights import PRETRAINED
+
+        return cls(params, rule=PRETRAINED.load(name), **kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, params: Iterable, **kwargs) -> LearnedOptimizer:
+        """An optimizer running the weights saved at ``path`` by :func:`l2o.learned.save_rule`."""
+        from l2o.learned.weights import load_rule
+
+        return cls(params, rule=load_rule(path), **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        entries = []  # (key, param, lr)
+        params, grads, states = {}, {}, {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("LearnedOptimizer does not support sparse gradients")
+                key = str(len(entries))
+                entries.append((key, p, group["lr"]))
+                params[key], grads[key] = p.detach(), p.grad
+                state = self.state[p]
+                if not state:
+                    state.update(self.rule.init_state({key: p.detach()})[key])
+                states[key] = dict(state)
+        if not entries:
+            return loss
+        new_params, new_states = self.rule.update(grads, states, params)
+        for key, p, lr in entries:
+            if lr == 1.0:
+                p.copy_(new_params[key])
+            else:
+                p.add_(new_params[key] - p, alpha=lr)
+            self.state[p].update(new_states[key])
+        return loss
