@@ -11,6 +11,12 @@ TASKS = Registry(
     {
         "quadratic": "l2o.tasks.quadratic:QuadraticTask",
         "digits_mlp": "l2o.tasks.digits:DigitsMLP",
+        "quadratic_deep": "l2o.tasks.deepobs:QuadraticDeep",
+        "two_d_rosenbrock": "l2o.tasks.deepobs:NoisyRosenbrock",
+        "two_d_beale": "l2o.tasks.deepobs:NoisyBeale",
+        "two_d_branin": "l2o.tasks.deepobs:NoisyBranin",
+        "digits_logreg": "l2o.tasks.digits_extra:DigitsLogReg",
+        "digits_cnn": "l2o.tasks.digits_extra:DigitsCNN",
     },
 )
 
