@@ -1,0 +1,192 @@
+"""Shared machinery of l2o's hand-designed optimizers.
+
+Every optimizer in :mod:`l2o.optim` follows the same conventions as ``torch.optim``:
+
+* Hyperparameters are checked in ``__init__`` with the ``check_*`` helpers below, which raise a
+  ``ValueError`` naming the parameter and the bad value.
+* ``foreach: bool | None`` picks the multi-tensor (``torch._foreach_*``) path (``True``) or the
+  plain per-tensor loop (``False``); the loop is the reference implementation and the foreach path
+  must match it. ``None`` means "the measured default for this optimizer on this device", see
+  :func:`resolve_foreach`.
+* The step counter lives in ``state["step"]`` as a 0-dim float tensor (as in torch.optim), so
+  ``state_dict`` round trips and ``torch.compile`` behave.
+* Sparse gradients raise :class:`SparseGradientError` (a ``RuntimeError``) naming the optimizer.
+
+Subclasses of :class:`L2OOptimizer` implement ``_step_group(group, params, grads)``, which
+receives, for one param group, only the parameters that have a gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from numbers import Real
+
+import torch
+
+
+class SparseGradientError(RuntimeError):
+    """Raised when an optimizer that only handles dense gradients gets a sparse one."""
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"invalid {name}: {value!r} (expected a number or a 1-element tensor)")
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"invalid {name}: {value!r} (expected a real number)")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"invalid {name}: {value!r} (NaN)")
+    return value
+
+
+def check_range(name: str, value, low: float | None = None, high: float | None = None, *,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raise ``ValueError`` unless ``low <= value <= high`` (``<`` where the side is open).
+
+    Args:
+        name: the hyperparameter's name, used in the message.
+        value: a real number (or a 1-element tensor).
+        low, high: bounds, ``None`` for unbounded.
+        low_open, high_open: exclude the bound itself.
+    """
+    number = _as_float(name, value)
+    too_low = low is not None and (number <= low if low_open else number < low)
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if too_low or too_high:
+        left = "-inf" if low is None else f"{low:g}"
+        right = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
+        raise ValueError(f"invalid {name}: {value!r} (must be in {interval})")
+    if math.isinf(number):
+        raise ValueError(f"invalid {name}: {value!r} (must be finite)")
+
+
+def check_nonnegative(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``0 <= value < inf``."""
+    check_range(name, value, 0.0, None)
+
+
+def check_positive(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``0 < value < inf``."""
+    check_range(name, value, 0.0, None, low_open=True)
+
+
+def check_beta(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``0 <= value < 1`` (a decay rate)."""
+    check_range(name, value, 0.0, 1.0, high_open=True)
+
+
+def check_betas(betas) -> None:
+    """Check an Adam-style ``betas=(beta1, beta2)`` pair."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"invalid betas: {betas!r} (expected a pair (beta1, beta2))")
+    check_beta("betas[0]", betas[0])
+    check_beta("betas[1]", betas[1])
+
+
+def check_bool(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid {name}: {value!r} (expected True or False)")
+
+
+def check_foreach(foreach) -> None:
+    """``foreach`` must be ``None`` (measured default), ``True`` or ``False``."""
+    if foreach is not None and not isinstance(foreach, bool):
+        raise ValueError(f"invalid foreach: {foreach!r} (expected None, True or False)")
+
+
+def resolve_foreach(foreach: bool | None, params: Sequence[torch.Tensor], cpu_default: bool) -> bool:
+    """The path to take: ``foreach`` if given, else the optimizer's measured default.
+
+    On CUDA the multi-tensor kernels launch once per group of tensors instead of once per
+    tensor, so foreach wins there (torch.optim's choice too). On CPU there is no launch cost
+    and the answer depends on the update; each optimizer passes the default that
+    ``benchmarks/step_time.py`` measured for it as ``cpu_default``.
+    """
+    if foreach is not None:
+        return foreach
+    if params and all(p.device.type == "cuda" for p in params):
+        return True
+    return cpu_default
+
+
+def group_by_device_and_dtype(*tensor_lists: Sequence[torch.Tensor]) -> list[tuple[list[torch.Tensor], ...]]:
+    """Split aligned tensor lists into sub-lists whose first tensors share device and dtype.
+
+    The ``torch._foreach_*`` kernels require every tensor of one call to share device and
+    dtype. Order inside each sub-list follows the input order, so a per-tensor loop and the
+    foreach path visit tensors in the same order within a bucket.
+
+    Returns:
+        One tuple of lists (one list per input list) per (device, dtype) bucket.
+    """
+    if not tensor_lists:
+        return []
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for index, tensor in enumerate(tensor_lists[0]):
+        buckets[(tensor.device, tensor.dtype)].append(index)
+    return [tuple([lst[i] for i in indices] for lst in tensor_lists) for indices in buckets.values()]
+
+
+def scalar(value) -> float:
+    """A Python float from a 0-dim tensor (``.item()``: faster than tensor arithmetic on the CPU).
+
+    Under ``torch.compile`` this is a graph break; the update itself still compiles.
+    """
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def new_step_tensor() -> torch.Tensor:
+    """The initial ``state['step']``: a 0-dim float tensor on the CPU, as torch.optim keeps it."""
+    dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    return torch.zeros((), dtype=dtype)
+
+
+class L2OOptimizer(torch.optim.Optimizer):
+    """Base class: closure handling, sparse-gradient check, one ``_step_group`` per param group."""
+
+    #: Name used in error messages (defaults to the class name).
+    display_name: str | None = None
+    #: Whether sparse gradients are accepted; if False they raise SparseGradientError.
+    supports_sparse: bool = False
+
+    def _params_with_grad(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse and not self.supports_sparse:
+                raise SparseGradientError(
+                    f"{self.display_name or type(self).__name__} does not support sparse gradients "
+                    f"(got one for a parameter of shape {tuple(p.shape)}); use a dense embedding "
+                    "(sparse=False) or torch.optim.SparseAdam for that parameter")
+            params.append(p)
+            grads.append(p.grad)
+        return params, grads
+
+    def _step_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        """Perform one optimisation step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (called with gradients enabled).
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads = self._params_with_grad(group)
+            self._step_group(group, params, grads)
+        return loss

@@ -1,0 +1,84 @@
+"""The table of optimizers that the common suite (``tests/optim/test_common.py``) runs on.
+
+Adding an optimizer to ``l2o.optim`` means adding one :class:`OptimizerCase` to ``CASES``:
+
+.. code-block:: python
+
+    OptimizerCase(
+        name="myopt",                                 # its l2o.optim registry name
+        kwargs=lambda: dict(lr=0.05),                 # hyperparameters for the common tests
+        variants=[dict(weight_decay=0.1), dict(maximize=True)],  # more settings checked foreach == loop
+        bad_hyperparameters=[("lr", -1.0), ("betas", (0.9, 1.5))],  # each must raise ValueError
+        group_override=dict(lr=0.01),                 # a second param group's setting that changes the result
+        rosenbrock=ConvergenceSpec(kwargs=dict(lr=0.01), steps=2000, tolerance=1e-2),
+        quadratic=ConvergenceSpec(kwargs=dict(lr=0.1), steps=300, tolerance=1e-4),
+    )
+
+``kwargs`` is a function so that every optimizer a test builds gets fresh objects (e.g. its own
+``torch.Generator`` for a stochastic method). The tests build optimizers with
+``l2o.optim.create(name, params, **{**kwargs(), **overrides})`` and pass ``foreach`` explicitly.
+Each ``(name, value)`` in ``bad_hyperparameters`` must raise a ``ValueError`` whose message
+contains the parameter's name and ``repr(value)`` (for a pair such as ``betas`` the message may
+name the element, e.g. ``betas[1]``, and give the element's value).
+
+``ConvergenceSpec``: from the fixed starting points of the tests (Rosenbrock from (-1.5, 2), a
+20-dimensional ill-conditioned quadratic) the optimizer must end within ``tolerance`` of the
+minimum value after ``steps`` steps with ``kwargs`` (merged over ``kwargs()``).
+
+If ``torch.compile`` of the step cannot work for a method, set ``compile_limitation`` to
+``(ExceptionType, "why")``: the compile test then asserts that exact failure instead of the match
+with eager mode. Sparse gradients must raise ``l2o.optim._base.SparseGradientError`` unless
+``sparse_supported=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class ConvergenceSpec:
+    """Hyperparameters and budget with which the optimizer must reach ``tolerance`` of the minimum."""
+
+    kwargs: dict
+    steps: int
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class OptimizerCase:
+    name: str
+    kwargs: Callable[[], dict]
+    bad_hyperparameters: list[tuple[str, object]]
+    group_override: dict
+    rosenbrock: ConvergenceSpec
+    quadratic: ConvergenceSpec
+    variants: list[dict] = field(default_factory=list)
+    compile_limitation: tuple[type[BaseException], str] | None = None
+    sparse_supported: bool = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    """A seeded CPU generator, for methods that draw noise."""
+    return torch.Generator().manual_seed(seed)
+
+
+CASES: list[OptimizerCase] = [
+    OptimizerCase(
+        name="hadam",
+        kwargs=lambda: dict(lr=0.05, order=4),
+        variants=[dict(order=2), dict(order=3, weight_decay=0.1), dict(order=8, maximize=True),
+                  dict(betas=(0.5, 0.9), eps=1e-3)],
+        bad_hyperparameters=[("lr", -0.1), ("betas", (0.9, 1.0)), ("betas", (-0.1, 0.9)), ("eps", 0.0),
+                             ("order", 0.5), ("weight_decay", -1.0), ("order", float("nan"))],
+        group_override=dict(lr=0.01),
+        rosenbrock=ConvergenceSpec(kwargs=dict(lr=0.05), steps=3000, tolerance=1e-4),
+        quadratic=ConvergenceSpec(kwargs=dict(lr=0.05), steps=600, tolerance=1e-5),
+    ),
+]
