@@ -17,6 +17,7 @@ TASKS = Registry(
         "two_d_branin": "l2o.tasks.deepobs:NoisyBranin",
         "digits_logreg": "l2o.tasks.digits_extra:DigitsLogReg",
         "digits_cnn": "l2o.tasks.digits_extra:DigitsCNN",
+        "copying": "l2o.tasks.copying:CopyingTask",
     },
 )
 
