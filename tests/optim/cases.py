@@ -79,6 +79,6 @@ CASES: list[OptimizerCase] = [
                              ("order", 0.5), ("weight_decay", -1.0), ("order", float("nan"))],
         group_override=dict(lr=0.01),
         rosenbrock=ConvergenceSpec(kwargs=dict(lr=0.05), steps=3000, tolerance=1e-4),
-        quadratic=ConvergenceSpec(kwargs=dict(lr=0.05), steps=600, tolerance=1e-5),
+        quadratic=ConvergenceSpec(kwargs=dict(lr=0.1), steps=600, tolerance=1e-6),
     ),
 ]
