@@ -82,3 +82,48 @@ CASES: list[OptimizerCase] = [
         quadratic=ConvergenceSpec(kwargs=dict(lr=0.1), steps=600, tolerance=1e-6),
     ),
 ]
+
+CASES.append(
+    OptimizerCase(
+        name="sgld",
+        kwargs=lambda: dict(lr=0.01, num_data=10, temperature=1.0, generator=generator()),
+        variants=[dict(lr_decay=0.55, lr_offset=2.0), dict(temperature=0.0), dict(temperature=0.1, num_data=1)],
+        bad_hyperparameters=[("lr", -0.1), ("num_data", 0), ("temperature", -1.0), ("lr_offset", 0.0),
+                             ("lr_decay", -0.5), ("generator", "seed")],
+        group_override=dict(temperature=0.1),
+        # A sampler with (almost) no noise is gradient descent: it must then converge.
+        rosenbrock=ConvergenceSpec(kwargs=dict(lr=0.004, num_data=1, temperature=1e-10), steps=3000,
+                                   tolerance=1e-4),
+        quadratic=ConvergenceSpec(kwargs=dict(lr=0.3, num_data=1, temperature=1e-10), steps=600, tolerance=1e-6),
+    )
+)
+
+CASES.append(
+    OptimizerCase(
+        name="sgdhd",
+        kwargs=lambda: dict(lr=0.05, hypergrad_lr=0.01),
+        variants=[dict(momentum=0.9), dict(momentum=0.5, nesterov=True, weight_decay=0.1),
+                  dict(lr=0.0, maximize=True)],
+        bad_hyperparameters=[("lr", -0.1), ("hypergrad_lr", -1e-3), ("momentum", 1.0), ("weight_decay", -1.0),
+                             ("nesterov", "yes")],
+        group_override=dict(hypergrad_lr=0.1),
+        # Rosenbrock's gradients reach 1e3, so g.g' reaches 1e6: beta must be tiny there.
+        rosenbrock=ConvergenceSpec(kwargs=dict(lr=5e-4, hypergrad_lr=1e-8, momentum=0.9, nesterov=True),
+                                   steps=3000, tolerance=1e-4),
+        quadratic=ConvergenceSpec(kwargs=dict(lr=0.01, hypergrad_lr=1e-3), steps=600, tolerance=1e-6),
+    )
+)
+
+CASES.append(
+    OptimizerCase(
+        name="adamhd",
+        kwargs=lambda: dict(lr=0.05, hypergrad_lr=1e-3),
+        variants=[dict(weight_decay=0.1), dict(lr=0.0, hypergrad_lr=0.01, maximize=True),
+                  dict(betas=(0.5, 0.9), eps=1e-3)],
+        bad_hyperparameters=[("lr", -0.1), ("hypergrad_lr", -1e-7), ("betas", (0.9, 1.0)), ("eps", -1e-8),
+                             ("weight_decay", -1.0)],
+        group_override=dict(hypergrad_lr=0.01),
+        rosenbrock=ConvergenceSpec(kwargs=dict(lr=0.01, hypergrad_lr=1e-5), steps=3000, tolerance=1e-4),
+        quadratic=ConvergenceSpec(kwargs=dict(lr=0.01, hypergrad_lr=1e-4), steps=600, tolerance=1e-6),
+    )
+)
