@@ -1,6 +1,132 @@
-"""`l2o bench`: placeholder until implemented."""
+"""`l2o bench`: run benchmark sweeps into a results file, report them, export them.
+
+    l2o bench run --suite small --optimizers sgd,momentum,adam --seeds 10 --workers 2 --db results.sqlite
+    l2o bench report --db results.sqlite --out report/
+    l2o bench export --db results.sqlite --out deepobs_json/
+    l2o bench list
+"""
+
+from __future__ import annotations
+
+import sys
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("l2o bench: not implemented yet") or 1)
+    parser = subparsers.add_parser("bench", help="benchmark optimizers: run sweeps, report, export",
+                                   description="Benchmark any optimizer on l2o's tasks with a tuning protocol.")
+    sub = parser.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
+
+    run = sub.add_parser("run", help="tune and run optimizers on a suite (resumes an interrupted sweep)")
+    run.add_argument("--suite", default=None, help="smoke, small or deepobs_quadratic (see 'l2o bench list')")
+    run.add_argument("--tasks", default=None, help="comma-separated task ids (instead of, or to narrow, --suite)")
+    run.add_argument("--optimizers", default=None,
+                     help="comma-separated names: sgd, momentum, nag, rmsprop, adam, l2o.optim names, shipped "
+                          "learned optimizers, or package.module:Class (default: the suite's)")
+    run.add_argument("--grid", action="append", default=[], metavar="SPEC",
+                     help="a hyperparameter grid, e.g. 'adam:lr=logspace(1e-5,1e2,36);betas=[(0.9,0.999)]' "
+                          "(repeatable; replaces the default learning-rate grid of that optimizer)")
+    run.add_argument("--grid-file", default=None, help="grids from a .toml or .yaml file (a table per optimizer)")
+    run.add_argument("--protocol", default=None, choices=["smoke", "quick", "deepobs"],
+                     help="default learning-rate grid: smoke (4 values), quick (11, 1e-4..10), "
+                          "deepobs (36, 1e-5..1e2)")
+    run.add_argument("--tune-seeds", type=int, default=None, help="seeds per tuning trial")
+    run.add_argument("--seeds", type=int, default=None, help="seeds for the rerun of the chosen setting")
+    run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    run.add_argument("--db", default="l2o_bench.sqlite", help="results file (SQLite)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_run)
+
+    report = sub.add_parser("report", help="write a Markdown summary, PNG figures and their data")
+    report.add_argument("--db", default="l2o_bench.sqlite", help="results file")
+    report.add_argument("--out", default="bench_report", help="output directory")
+    report.add_argument("--title", default="l2o benchmark")
+    report.set_defaults(func=_report)
+
+    export = sub.add_parser("export", help="export the final runs as DeepOBS-style JSON")
+    export.add_argument("--db", default="l2o_bench.sqlite", help="results file")
+    export.add_argument("--out", default="bench_deepobs", help="output directory")
+    export.set_defaults(func=_export)
+
+    lst = sub.add_parser("list", help="list suites, task ids and optimizer names")
+    lst.set_defaults(func=_list)
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _run(args) -> int:
+    import torch
+
+    from l2o.bench import grids
+    from l2o.bench.runner import Plan, WorkerCrashed, run_benchmark
+    from l2o.bench.suites import get_preset, get_suite, suite_tasks
+
+    torch.set_num_threads(1)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.suite is None and args.tasks is None:
+        raise ValueError("give --suite NAME or --tasks id,id,... (see 'l2o bench list')")
+    suite = get_suite(args.suite) if args.suite else None
+    tasks = _split(args.tasks) if args.tasks else suite_tasks(args.suite)
+    for task_id in tasks:
+        get_preset(task_id)
+    optimizers = _split(args.optimizers) or list(suite.optimizers if suite else ("sgd", "momentum", "adam"))
+    grid_map = grids.load_grid_file(args.grid_file) if args.grid_file else {}
+    for spec in args.grid:
+        name, grid = grids.parse_grid_spec(spec)
+        grid_map[name] = grid
+    for name in grid_map:
+        if name not in optimizers:
+            optimizers.append(name)
+    plan = Plan(tasks=tasks, optimizers=optimizers, grids=grid_map,
+                protocol=args.protocol or (suite.protocol if suite else "quick"),
+                tune_seeds=args.tune_seeds or (suite.tune_seeds if suite else 1),
+                seeds=args.seeds or (suite.seeds if suite else 10))
+    print(f"l2o bench: {len(plan.tasks)} tasks x {len(plan.optimizers)} optimizers, protocol {plan.protocol}, "
+          f"{plan.tune_seeds} tuning seed(s), {plan.seeds} final seeds -> {args.db}", file=sys.stderr)
+    try:
+        totals = run_benchmark(plan, args.db, workers=args.workers, progress=not args.no_progress)
+    except WorkerCrashed as exc:
+        print(f"l2o: error: {exc}", file=sys.stderr)
+        return 3
+    for phase, c in totals.items():
+        print(f"{phase}: {c.done} run, {c.skipped} already stored, {c.diverged} diverged, {c.failed} failed")
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from l2o.bench.report import make_report
+
+    if not Path(args.db).is_file():
+        raise FileNotFoundError(f"results file not found: {args.db}")
+    print(make_report(args.db, args.out, title=args.title))
+    return 0
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from l2o.bench.deepobs import export_deepobs
+
+    if not Path(args.db).is_file():
+        raise FileNotFoundError(f"results file not found: {args.db}")
+    paths = export_deepobs(args.db, args.out)
+    print(f"wrote {len(paths)} DeepOBS-style JSON files under {args.out}")
+    return 0
+
+
+def _list(args) -> int:
+    from l2o.bench import optimizers
+    from l2o.bench.suites import SUITES, available_task_ids
+
+    print("suites:")
+    for name, suite in SUITES.items():
+        print(f"  {name}: {suite.description} [{', '.join(suite.tasks)}]")
+    print("tasks: " + ", ".join(available_task_ids()))
+    for kind, names in optimizers.available().items():
+        print(f"optimizers ({kind}): " + (", ".join(names) or "(none)"))
+    print("optimizers (any class): package.module:Class")
+    return 0

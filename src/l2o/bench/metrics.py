@@ -1,0 +1,125 @@
+"""Benchmark metrics on loss curves and final numbers (plain numpy, no store needed).
+
+- :func:`mean_std`: mean and sample standard deviation of the finite values.
+- :func:`smooth`: trailing moving average of a minibatch loss curve.
+- :func:`steps_to_target`: the first step at which a curve is at or below a target.
+- :func:`baseline_target`: the target loss of a task: the median, over its seeds, of the final
+  (smoothed) training loss of the best baseline.
+- :func:`speedup`: how many steps the reference (tuned Adam) needs to reach the loss another
+  optimizer ends with, divided by that optimizer's budget.
+- :func:`performance_profile`: Dolan & Moré (2002) performance profiles across tasks.
+- :func:`time_ratio`: wall-clock time per step relative to a reference (SGD).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """(mean, sample std, count) of the finite entries; (nan, nan, 0) if there are none."""
+    finite = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return math.nan, math.nan, 0
+    std = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    return float(finite.mean()), std, int(finite.size)
+
+
+def smooth(curve: Sequence[float], window: int = 10) -> np.ndarray:
+    """Trailing moving average: entry i is the mean of the last ``min(window, i+1)`` values."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    x = np.asarray(curve, dtype=float)
+    if x.size == 0:
+        return x
+    cumsum = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(1, x.size + 1)
+    lo = np.maximum(0, idx - window)
+    return (cumsum[idx] - cumsum[lo]) / (idx - lo)
+
+
+def steps_to_target(curve: Sequence[float], target: float) -> int | None:
+    """Number of steps until ``curve`` first reaches ``target`` (``curve[i] <= target`` at step
+    ``i + 1``), or None if it never does. NaN entries never count as reaching it."""
+    x = np.asarray(curve, dtype=float)
+    hits = np.flatnonzero(np.nan_to_num(x, nan=np.inf) <= target)
+    return int(hits[0]) + 1 if hits.size else None
+
+
+def baseline_target(final_losses: Mapping[str, Sequence[float]]) -> tuple[str, float]:
+    """(best baseline, target): the optimizer whose median final loss over seeds is lowest,
+    and that median. Non-finite losses (diverged seeds) count as +inf."""
+    if not final_losses:
+        raise ValueError("final_losses is empty")
+    medians = {}
+    for name, values in final_losses.items():
+        arr = np.array([v if v is not None and math.isfinite(v) else np.inf for v in values], dtype=float)
+        medians[name] = float(np.median(arr)) if arr.size else math.inf
+    best = min(medians, key=medians.get)
+    return best, medians[best]
+
+
+def speedup(reference_curve: Sequence[float], final_loss: float, steps: int) -> tuple[float, bool]:
+    """Speedup over a reference optimizer, as in learned_optimization's "speedup over Adam".
+
+    Args:
+        reference_curve: the reference's (smoothed, seed-averaged) training loss per step.
+        final_loss: the loss the compared optimizer ends with.
+        steps: the compared optimizer's number of steps.
+
+    Returns:
+        (speedup, lower_bound): ``reference steps to reach final_loss / steps``. If the
+        reference never gets there, ``len(reference_curve) / steps`` and ``lower_bound`` True
+        (the true speedup is at least that).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if final_loss is None or not math.isfinite(final_loss):
+        return 0.0, False
+    reached = steps_to_target(reference_curve, final_loss)
+    if reached is None:
+        return len(reference_curve) / steps, True
+    return reached / steps, False
+
+
+def performance_profile(costs: Mapping[str, Mapping[str, float]], taus: Sequence[float]) -> dict[str, np.ndarray]:
+    """Dolan-Moré performance profiles.
+
+    Args:
+        costs: task -> optimizer -> cost (lower is better, > 0; non-finite means failed).
+            Every task should list the same optimizers; a missing one counts as failed.
+        taus: ratios at which to evaluate the profile (>= 1).
+
+    Returns:
+        optimizer -> rho(tau) array: the fraction of tasks on which the optimizer's cost is
+        within a factor tau of the best optimizer's cost on that task.
+    """
+    optimizers = sorted({o for per_task in costs.values() for o in per_task})
+    taus = np.asarray(taus, dtype=float)
+    ratios = {o: [] for o in optimizers}
+    for per_task in costs.values():
+        values = {o: per_task.get(o, math.inf) for o in optimizers}
+        finite = [v for v in values.values() if v is not None and math.isfinite(v)]
+        best = min(finite) if finite else math.inf
+        for o in optimizers:
+            v = values[o]
+            if v is None or not math.isfinite(v) or not math.isfinite(best):
+                ratios[o].append(math.inf)
+            elif best <= 0:
+                ratios[o].append(1.0 if v <= best else math.inf)
+            else:
+                ratios[o].append(v / best)
+    n = max(len(costs), 1)
+    return {o: np.array([sum(r <= t for r in ratios[o]) / n for t in taus]) for o in optimizers}
+
+
+def time_ratio(seconds_per_step: Sequence[float], reference_seconds_per_step: Sequence[float]) -> float:
+    """Mean time per step over the reference's mean time per step (nan if either is empty)."""
+    a, _, na = mean_std(seconds_per_step)
+    b, _, nb = mean_std(reference_seconds_per_step)
+    if not na or not nb or b <= 0:
+        return math.nan
+    return a / b

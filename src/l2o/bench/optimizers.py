@@ -1,0 +1,152 @@
+"""Optimizer names the benchmark understands, and how each one is built.
+
+A name is one of
+
+- a built-in baseline: ``sgd``, ``momentum`` (SGD, momentum 0.9), ``nag`` (Nesterov, 0.9),
+  ``rmsprop``, ``adam`` (all ``torch.optim``);
+- a hand-designed optimizer of ``l2o.optim`` (``l2o.optim.available()``);
+- a learned optimizer shipped with l2o (``l2o.learned.PRETRAINED.names()``), or
+  ``learned:NAME`` for any shipped name;
+- a dotted path to any optimizer class: ``package.module:Class`` or ``package.module.Class``
+  (built as ``Class(params, **hyperparameters)``).
+
+Resolution is lazy: nothing is imported until a name is used, and an optimizer whose module
+fails to import is reported as unavailable only when it is asked for.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
+    "sgd": ("SGD", {}),
+    "momentum": ("SGD", {"momentum": 0.9}),
+    "nag": ("SGD", {"momentum": 0.9, "nesterov": True}),
+    "rmsprop": ("RMSprop", {}),
+    "adam": ("Adam", {}),
+}
+
+# Optimizers that tune themselves: benchmarked with their defaults only ("untuned").
+SELF_TUNING = {"yellowfin"}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """How to build one optimizer.
+
+    Attributes:
+        name: the name it was asked for (used in the results store and reports).
+        kind: "builtin", "l2o", "learned" or "class".
+        tunable: whether the protocol tunes its learning rate (False for learned and
+            self-tuning optimizers, which are reported untuned).
+    """
+
+    name: str
+    kind: str
+    tunable: bool
+
+    def factory(self, hyperparameters: dict[str, Any]) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+        """A function ``params -> optimizer`` for ``train``."""
+        hp = dict(hyperparameters)
+        if self.kind == "builtin":
+            cls_name, fixed = BUILTINS[self.name]
+            cls = getattr(torch.optim, cls_name)
+            return lambda params: cls(params, **{**fixed, **hp})
+        if self.kind == "l2o":
+            from l2o import optim
+
+            cls = optim.OPTIMIZERS.get(self.name)
+            return lambda params: cls(params, **hp)
+        if self.kind == "learned":
+            from l2o.learned.optimizer import LearnedOptimizer
+
+            weights = self.name.split(":", 1)[1] if self.name.startswith("learned:") else self.name
+            return lambda params: LearnedOptimizer.pretrained(weights, params, **hp)
+        cls = import_class(self.name)
+        return lambda params: cls(params, **hp)
+
+
+def _l2o_names() -> list[str]:
+    try:
+        from l2o import optim
+
+        return optim.available()
+    except Exception:  # a broken l2o.optim must not break the baselines
+        return []
+
+
+def _learned_names() -> list[str]:
+    try:
+        from l2o.learned import PRETRAINED
+
+        return list(PRETRAINED.names())
+    except Exception:
+        return []
+
+
+def available() -> dict[str, list[str]]:
+    """Known optimizer names by kind (dotted paths to classes are accepted too)."""
+    return {"builtin": sorted(BUILTINS), "l2o": _l2o_names(), "learned": _learned_names()}
+
+
+def import_class(path: str) -> type:
+    """Import ``package.module:Class`` or ``package.module.Class``."""
+    if ":" in path:
+        module_name, _, attr = path.partition(":")
+    else:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"optimizer path must look like 'package.module:Class', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for optimizer {path!r}: {exc}") from exc
+    try:
+        cls = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (optimizer {path!r})") from None
+    if not callable(cls):
+        raise ValueError(f"optimizer {path!r} is not a class or callable")
+    return cls
+
+
+def resolve(name: str) -> OptimizerSpec:
+    """The :class:`OptimizerSpec` for ``name``; ValueError listing the known names if unknown.
+
+    An ``l2o.optim`` optimizer whose module does not import (yet) is refused here, with the
+    import error, and only here: other names keep working.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"optimizer name must be a non-empty string, got {name!r}")
+    key = name.strip()
+    low = key.lower()
+    if low in BUILTINS:
+        return OptimizerSpec(low, "builtin", tunable=True)
+    l2o_names = _l2o_names()
+    if low in l2o_names:
+        from l2o import optim
+
+        try:
+            optim.OPTIMIZERS.get(low)
+        except Exception as exc:
+            raise ValueError(f"optimizer {low!r} is registered in l2o.optim but cannot be imported: {exc}") from exc
+        return OptimizerSpec(low, "l2o", tunable=low not in SELF_TUNING)
+    learned = _learned_names()
+    if key in learned or (key.startswith("learned:") and key.split(":", 1)[1] in learned):
+        return OptimizerSpec(key, "learned", tunable=False)
+    if key.startswith("learned:"):
+        raise ValueError(f"unknown learned optimizer {key!r}. Shipped: {', '.join(learned) or '(none)'}")
+    if "." in key:
+        import_class(key)  # fail now, with the reason, rather than inside a worker
+        return OptimizerSpec(key, "class", tunable=True)
+    known = sorted(BUILTINS) + l2o_names + learned
+    close = difflib.get_close_matches(low, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown optimizer {name!r}.{hint} Known: {', '.join(known)}; "
+                     "or give a class as 'package.module:Class'")

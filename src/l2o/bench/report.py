@@ -1,0 +1,363 @@
+"""Turn a results store into a report directory: a Markdown summary, PNG figures, and the data.
+
+Output (in ``out_dir``):
+
+- ``summary.md``: per task, one row per optimizer: the chosen hyperparameters, the task's
+  metric (mean ± std over the final seeds), test loss, diverged seeds, steps to the target,
+  speedup over tuned Adam, time per step relative to SGD.
+- ``curves_train.png`` / ``curves_test.png``: training loss (smoothed) and test loss per task,
+  mean ± std bands over seeds.
+- ``lr_sensitivity.png``: the tuning runs: selection loss against learning rate.
+- ``performance_profile.png``: Dolan-Moré profile across tasks on the reported metric.
+- ``summary.json``, ``curves.json``, ``lr_sensitivity.csv``, ``performance_profile.csv``: the
+  numbers behind the table and the figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from l2o.bench import metrics
+from l2o.bench.optimizers import BUILTINS
+from l2o.bench.store import ResultsStore, canonical_json
+
+SMOOTH_WINDOW = 10
+
+
+def _metric_of(task_id: str) -> str:
+    from l2o.bench.suites import get_preset
+
+    try:
+        return get_preset(task_id).build(0).metric
+    except Exception:
+        return "test_loss"
+
+
+def _fmt(mean: float, std: float, digits: int = 4) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}g} ± {std:.2g}"
+
+
+def _fmt_hp(hparams: dict[str, Any]) -> str:
+    if not hparams:
+        return "defaults"
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(hparams.items()))
+
+
+def collect(store: ResultsStore) -> dict[str, Any]:
+    """Everything the report shows, as plain data: ``{task: {optimizer: stats}}`` plus tuning runs."""
+    results: dict[str, dict[str, Any]] = {}
+    for sel in store.selections():
+        task, opt = sel["task"], sel["optimizer"]
+        hp = canonical_json(sel["hparams"])
+        rows = [r for r in store.runs(task=task, optimizer=opt)
+                if canonical_json(r["hparams"]) == hp and r["seed"] in sel["final_seeds"] and r["steps"] == sel["steps"]]
+        finished = [r for r in rows if r["status"] in ("complete", "diverged")]
+        complete = [r for r in rows if r["status"] == "complete"]
+        train_curves, test_curves = [], []
+        for r in complete:
+            curves = store.curves(r["id"])
+            train_curves.append(metrics.smooth(curves["train_loss"][1], SMOOTH_WINDOW))
+            if "test_loss" in curves:
+                test_curves.append((curves["test_loss"][0], curves["test_loss"][1]))
+        tune_rows = [r for r in store.runs(task=task, optimizer=opt) if r["seed"] in sel["tune_seeds"]
+                     and r["steps"] == sel["steps"]] if sel["tuned"] else []
+        results.setdefault(task, {})[opt] = {
+            "selection": sel,
+            "n_seeds": len(sel["final_seeds"]), "n_finished": len(finished),
+            "n_diverged": sum(r["status"] == "diverged" for r in rows),
+            "n_failed": sum(r["status"] == "failed" for r in rows),
+            "test_loss": metrics.mean_std([r["final_test_loss"] if r["status"] == "complete" else None for r in rows]),
+            "test_accuracy": metrics.mean_std([r["final_test_accuracy"] if r["status"] == "complete" else None
+                                               for r in rows]),
+            "final_train_smoothed": [float(c[-1]) for c in train_curves if len(c)],
+            "seconds_per_step": [r["seconds_per_step"] for r in complete if r["seconds_per_step"]],
+            "train_curves": train_curves, "test_curves": test_curves,
+            "tuning": [(r["hparams"], r["seed"], r["selection_loss"] if r["status"] == "complete" else None)
+                       for r in tune_rows],
+            "steps": sel["steps"],
+        }
+    return results
+
+
+def _derived(task: str, per_opt: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Steps-to-target, speedup over tuned Adam and time ratio to SGD for one task."""
+    out = {o: {} for o in per_opt}
+    baselines = {o: s["final_train_smoothed"] + [math.inf] * (s["n_seeds"] - len(s["final_train_smoothed"]))
+                 for o, s in per_opt.items() if o in BUILTINS} or \
+                {o: s["final_train_smoothed"] for o, s in per_opt.items()}
+    best, target = metrics.baseline_target(baselines)
+    adam_curve = None
+    if "adam" in per_opt and per_opt["adam"]["train_curves"]:
+        curves = per_opt["adam"]["train_curves"]
+        length = min(len(c) for c in curves)
+        adam_curve = np.mean([c[:length] for c in curves], axis=0)
+    for o, s in per_opt.items():
+        reached = [metrics.steps_to_target(c, target) for c in s["train_curves"]] if math.isfinite(target) else []
+        hits = [r for r in reached if r is not None]
+        out[o]["target"] = target
+        out[o]["target_from"] = best
+        out[o]["steps_to_target"] = float(np.median(hits)) if hits else None
+        out[o]["reached_target"] = f"{len(hits)}/{s['n_seeds']}"
+        if adam_curve is not None and s["final_train_smoothed"]:
+            final = float(np.mean(s["final_train_smoothed"]))
+            out[o]["speedup_vs_adam"] = metrics.speedup(adam_curve, final, s["steps"])
+        else:
+            out[o]["speedup_vs_adam"] = None
+        sgd = per_opt.get("sgd")
+        out[o]["time_vs_sgd"] = metrics.time_ratio(s["seconds_per_step"], sgd["seconds_per_step"]) if sgd else math.nan
+    return out
+
+
+def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Path:
+    """Write the report of ``db_path`` into ``out_dir``; returns the summary's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with ResultsStore(db_path) as store:
+        results = collect(store)
+        counts = store.count()
+    if not results:
+        raise ValueError(f"results file {db_path} has no finished sweep to report (run 'l2o bench run' first)")
+    task_metric = {t: _metric_of(t) for t in results}
+    derived = {t: _derived(t, per_opt) for t, per_opt in results.items()}
+
+    lines = [f"# {title}", "",
+             f"Results file: `{db_path}` ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))} runs). "
+             "Mean ± std over the final seeds; diverged seeds are counted, not averaged. "
+             f"Steps to target: median over the seeds that reach the target (the median final training loss, "
+             f"smoothed over {SMOOTH_WINDOW} steps, of the best baseline). Speedup: steps tuned Adam needs to "
+             "reach the optimizer's final training loss, over its budget (≥: Adam never gets there). "
+             "Hyperparameters were chosen on validation/training loss, never on test numbers.", ""]
+    summary_json: dict[str, Any] = {}
+    for task, per_opt in sorted(results.items()):
+        metric = task_metric[task]
+        first = next(iter(per_opt.values()))
+        extra = " test loss |" if metric == "test_accuracy" else ""
+        lines += [f"## {task}", "", f"Budget {first['steps']} steps; reported metric: {metric.replace('_', ' ')}.", "",
+                  f"| optimizer | hyperparameters | {metric.replace('_', ' ')} |{extra} diverged | steps to target "
+                  "| speedup vs Adam | time/step ÷ SGD |",
+                  "|---|---|---|---|---|---|---|" + ("---|" if extra else "")]
+        summary_json[task] = {"metric": metric, "steps": first["steps"], "optimizers": {}}
+        for opt, s in sorted(per_opt.items()):
+            d = derived[task][opt]
+            sel = s["selection"]
+            hp = _fmt_hp(sel["hparams"]) + ("" if sel["tuned"] else " (untuned)")
+            headline = s["test_accuracy"] if metric == "test_accuracy" else s["test_loss"]
+            sp = d["speedup_vs_adam"]
+            sp_text = "—" if sp is None else (f"≥{sp[0]:.2f}×" if sp[1] else f"{sp[0]:.2f}×")
+            stt = d["steps_to_target"]
+            stt_text = "—" if stt is None else f"{stt:.0f} ({d['reached_target']})"
+            tr = d["time_vs_sgd"]
+            failed_text = f" ({s['n_failed']} failed)" if s["n_failed"] else ""
+            loss_text = f" {_fmt(*s['test_loss'][:2])} |" if extra else ""
+            lines.append(f"| {opt} | {hp} | {_fmt(*headline[:2])} |{loss_text} "
+                         f"{s['n_diverged']}/{s['n_seeds']}{failed_text} | "
+                         f"{stt_text} | {sp_text} | {'—' if not math.isfinite(tr) else f'{tr:.2f}'} |")
+            summary_json[task]["optimizers"][opt] = {
+                "hparams": sel["hparams"], "tuned": sel["tuned"], "n_configs": sel["n_configs"],
+                "selection_loss": sel["selection_loss"],
+                "test_loss_mean": s["test_loss"][0], "test_loss_std": s["test_loss"][1],
+                "test_accuracy_mean": s["test_accuracy"][0], "test_accuracy_std": s["test_accuracy"][1],
+                "seeds": s["n_seeds"], "diverged": s["n_diverged"], "failed": s["n_failed"],
+                "target": d["target"], "target_from": d["target_from"], "steps_to_target": stt,
+                "reached_target": d["reached_target"],
+                "speedup_vs_adam": None if sp is None else sp[0], "speedup_is_lower_bound": None if sp is None else sp[1],
+                "time_per_step_vs_sgd": tr,
+            }
+        lines.append("")
+    lines += ["## Figures", "", "![training loss](curves_train.png)", "", "![test loss](curves_test.png)", "",
+              "![learning-rate sensitivity](lr_sensitivity.png)", "", "![performance profile](performance_profile.png)",
+              ""]
+    (out / "summary.json").write_text(json.dumps(_jsonable(summary_json), indent=2))
+    _plot_curves(results, out, kind="train")
+    _plot_curves(results, out, kind="test")
+    _plot_lr_sensitivity(results, out)
+    _plot_profile(results, task_metric, out)
+    summary = out / "summary.md"
+    summary.write_text("\n".join(lines))
+    return summary
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _grid_shape(n: int) -> tuple[int, int]:
+    cols = min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def _colors(names):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {name: cmap(i % 10) for i, name in enumerate(sorted(names))}
+
+
+def _plot_curves(results, out: Path, kind: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(results)
+    rows, cols = _grid_shape(len(tasks))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    colors = _colors({o for t in tasks for o in results[t]})
+    data = {}
+    for ax, task in zip(axes.flat, tasks):
+        positive = True
+        for opt, s in sorted(results[task].items()):
+            if kind == "train":
+                curves = s["train_curves"]
+                if not curves:
+                    continue
+                length = min(len(c) for c in curves)
+                steps = np.arange(1, length + 1)
+                stack = np.array([c[:length] for c in curves])
+            else:
+                if not s["test_curves"]:
+                    continue
+                length = min(len(v) for _, v in s["test_curves"])
+                steps = np.array(s["test_curves"][0][0][:length])
+                stack = np.array([v[:length] for _, v in s["test_curves"]])
+            mean, std = stack.mean(axis=0), stack.std(axis=0)
+            positive &= bool((mean - std > 0).all())
+            ax.plot(steps, mean, color=colors[opt], label=f"{opt} ({len(stack)} seeds)", lw=1.5)
+            ax.fill_between(steps, mean - std, mean + std, color=colors[opt], alpha=0.2, lw=0)
+            data.setdefault(task, {})[opt] = {"steps": steps.tolist(), "mean": mean.tolist(), "std": std.tolist()}
+        if positive and ax.lines:
+            lo = min(line.get_ydata().min() for line in ax.lines)
+            hi = max(line.get_ydata().max() for line in ax.lines)
+            if lo > 0 and hi / lo > 20:
+                ax.set_yscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (smoothed)" if kind == "train" else "test loss")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8, loc="best", framealpha=0.7)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.suptitle(("Training loss" if kind == "train" else "Test loss") + " of the tuned optimizers (mean ± std)")
+    fig.tight_layout()
+    fig.savefig(out / f"curves_{kind}.png", dpi=100)
+    plt.close(fig)
+    (out / f"curves_{kind}.json").write_text(json.dumps(_jsonable(data)))
+
+
+def _plot_lr_sensitivity(results, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(t for t in results if any(s["tuning"] for s in results[t].values()))
+    rows_csv = [("task", "optimizer", "lr", "seed", "selection_loss")]
+    for task in tasks:
+        for opt, s in results[task].items():
+            for hp, seed, loss in s["tuning"]:
+                if "lr" in hp:
+                    rows_csv.append((task, opt, hp["lr"], seed, loss))
+    with open(out / "lr_sensitivity.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows_csv)
+    n = max(len(tasks), 1)
+    rows, cols = _grid_shape(n)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    colors = _colors({o for t in results for o in results[t]})
+    for ax, task in zip(axes.flat, tasks):
+        ceiling = []
+        series = {}
+        for opt, s in sorted(results[task].items()):
+            by_lr: dict[float, list] = {}
+            for hp, _, loss in s["tuning"]:
+                if "lr" in hp and len(hp) == 1:
+                    by_lr.setdefault(float(hp["lr"]), []).append(loss)
+            if not by_lr:
+                continue
+            lrs = sorted(by_lr)
+            means = [np.mean(by_lr[lr]) if all(v is not None for v in by_lr[lr]) else np.nan for lr in lrs]
+            series[opt] = (lrs, means)
+            ceiling += [m for m in means if np.isfinite(m)]
+        if not ceiling:
+            ax.set_title(task)
+            continue
+        lo, hi = min(ceiling), max(ceiling)
+        log_y = lo > 0 and hi / lo > 20
+        top = hi * 2 if log_y else hi + 0.1 * (hi - lo + 1e-12)
+        for opt, (lrs, means) in series.items():
+            ax.plot(lrs, means, "o-", color=colors[opt], label=opt, ms=3, lw=1.2)
+            bad = [lr for lr, m in zip(lrs, means) if not np.isfinite(m)]
+            if bad:
+                ax.plot(bad, [top] * len(bad), "x", color=colors[opt], ms=6)
+            best = results[task][opt]["selection"]["hparams"].get("lr")
+            if best is not None:
+                ax.axvline(best, color=colors[opt], ls=":", lw=1)
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("selection loss (valid/train)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best", framealpha=0.7)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    fig.suptitle("Learning-rate sensitivity (x: diverged; dotted: chosen)")
+    fig.tight_layout()
+    fig.savefig(out / "lr_sensitivity.png", dpi=100)
+    plt.close(fig)
+
+
+def _plot_profile(results, task_metric, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    costs = {}
+    for task, per_opt in results.items():
+        costs[task] = {}
+        for opt, s in per_opt.items():
+            if task_metric[task] == "test_accuracy":
+                value = 1.0 - s["test_accuracy"][0] if math.isfinite(s["test_accuracy"][0]) else math.inf
+                value = max(value, 1e-4)  # a perfect score still gets a finite ratio
+            else:
+                value = s["test_loss"][0] if math.isfinite(s["test_loss"][0]) else math.inf
+            if s["n_diverged"] or s["n_failed"]:
+                value = math.inf if s["n_finished"] == s["n_diverged"] else value
+            costs[task][opt] = value
+    taus = np.logspace(0, 1, 200)
+    profile = metrics.performance_profile(costs, taus)
+    with open(out / "performance_profile.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["tau", *profile])
+        for i, tau in enumerate(taus):
+            writer.writerow([f"{tau:.5g}", *(f"{profile[o][i]:.4g}" for o in profile)])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = _colors(profile)
+    for opt, rho in profile.items():
+        ax.step(taus, rho, where="post", color=colors[opt], label=opt, lw=1.8)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("τ (within a factor τ of the best on the task)")
+    ax.set_ylabel("fraction of tasks")
+    ax.set_title(f"Performance profile over {len(costs)} tasks\n(test loss; 1 − accuracy on accuracy tasks)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "performance_profile.png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,359 @@
+"""Run benchmark sweeps: the tuning protocol, parallel workers, resume.
+
+The protocol, per (task, optimizer):
+
+1. **Tune**: every configuration of the optimizer's grid (by default a learning-rate grid) runs
+   on ``tune_seeds`` seeds (0, 1, ...).
+2. **Select**: the configuration with the lowest mean *selection loss* wins: the loss on the
+   task's validation split where it has one (the DeepOBS problems), else the final loss on
+   the whole training set. Test numbers are never looked at. A diverged or failed run counts
+   as +inf.
+3. **Rerun** the winner on ``seeds`` seeds (0 .. seeds-1; the tuning runs are reused).
+
+Optimizers that are not tuned (learned ones, YellowFin) skip 1-2 and run their defaults.
+
+Every run goes into the results store as soon as it ends; runs already there (complete or
+diverged) are skipped, so re-running a sweep resumes it. ``workers > 1`` runs trials in that
+many processes, each writing to the store itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import traceback
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from l2o.bench import grids as grids_mod
+from l2o.bench.optimizers import OptimizerSpec, resolve
+from l2o.bench.store import ResultsStore, canonical_json, run_key
+from l2o.bench.suites import TaskPreset, get_preset
+
+#: Test hook: a worker that has finished this many runs kills itself (SIGKILL) halfway
+#: through its next one, to check that a crash loses nothing but the run in flight.
+KILL_ENV = "L2O_BENCH_TEST_KILL_AFTER"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a task, an optimizer configuration and a seed."""
+
+    task: str
+    preset: TaskPreset
+    optimizer: OptimizerSpec
+    hparams: tuple  # sorted (key, value) pairs, hashable
+    seed: int
+    steps: int
+    eval_every: int | None
+
+    @property
+    def hparams_dict(self) -> dict[str, Any]:
+        return dict(self.hparams)
+
+    @property
+    def key(self) -> str:
+        return run_key(self.task, self.preset.config(), self.optimizer.name, self.hparams_dict, self.seed, self.steps)
+
+
+def _freeze(config: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+_TASK_CACHE: dict[tuple, Any] = {}
+_RUNS_IN_PROCESS = 0
+
+
+def _task_for(spec: RunSpec):
+    key = (spec.task, canonical_json(spec.preset.config()), spec.seed if spec.preset.seed_kwarg else None)
+    if key not in _TASK_CACHE:
+        if len(_TASK_CACHE) > 32:
+            _TASK_CACHE.clear()
+        _TASK_CACHE[key] = spec.preset.build(spec.seed)
+    return _TASK_CACHE[key]
+
+
+def execute(spec: RunSpec) -> tuple[dict[str, Any], dict[str, tuple[list, list]]]:
+    """Train one run in this process; returns the store record and curves (never raises)."""
+    from l2o.train import train
+
+    global _RUNS_IN_PROCESS
+    kill_after = os.environ.get(KILL_ENV)
+    kill_now = kill_after is not None and _RUNS_IN_PROCESS >= int(kill_after)
+    _RUNS_IN_PROCESS += 1
+    record: dict[str, Any] = {"run_key": spec.key, "task": spec.task, "task_config": spec.preset.config(),
+                              "optimizer": spec.optimizer.name, "hparams": spec.hparams_dict, "seed": spec.seed,
+                              "steps": spec.steps}
+    captured: dict[str, Any] = {}
+
+    def hook(step, params):
+        captured["params"] = params
+        if kill_now and step >= spec.steps // 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        task = _task_for(spec)
+        factory = spec.optimizer.factory(spec.hparams_dict)
+        result = train(task, factory, steps=spec.steps, seed=spec.seed, eval_every=spec.eval_every,
+                       eval_split="test", params_hook=hook)
+    except Exception as exc:  # a failing optimizer is a result, not a crash of the sweep
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        record.update(status="failed", error=last, steps_done=0)
+        return record, {}
+    record.update(status="diverged" if result.diverged else "complete", steps_done=result.steps_done,
+                  seconds=result.seconds,
+                  seconds_per_step=result.seconds / result.steps_done if result.steps_done else None,
+                  final_train_loss=result.final_train.get("loss"),
+                  final_train_accuracy=result.final_train.get("accuracy"),
+                  final_test_loss=result.final_test.get("loss"),
+                  final_test_accuracy=result.final_test.get("accuracy"))
+    if not result.diverged:
+        record["selection_loss"], record["selection_split"] = _selection_loss(task, captured.get("params"), result)
+    curves = {"train_loss": (list(range(result.steps_done)), result.losses)}
+    if result.eval_steps:
+        curves["test_loss"] = (result.eval_steps, [e["loss"] for e in result.eval_curve])
+        if "accuracy" in result.eval_curve[0]:
+            curves["test_accuracy"] = (result.eval_steps, [e["accuracy"] for e in result.eval_curve])
+    return record, curves
+
+
+def _selection_loss(task, params, result) -> tuple[float, str]:
+    """Validation loss where the task has a validation split, else the final training loss."""
+    if params is not None:
+        try:
+            return task.evaluate(params, "valid")["loss"], "valid"
+        except ValueError:
+            pass
+    return result.final_train["loss"], "train"
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+_WORKER_STORE: ResultsStore | None = None
+
+
+def _init_worker(db_path: str) -> None:
+    import torch
+
+    global _WORKER_STORE
+    torch.set_num_threads(1)  # one core per worker: workers are the parallelism
+    if _WORKER_STORE is not None:
+        _WORKER_STORE.close()
+    _WORKER_STORE = ResultsStore(db_path)
+
+
+def _run_and_store(spec: RunSpec) -> str:
+    record, curves = execute(spec)
+    _WORKER_STORE.record_run(record, curves)
+    return record["status"]
+
+
+@dataclass
+class SweepCounts:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    diverged: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died (killed or crashed); finished runs are in the store."""
+
+
+def open_pool(db_path: str, workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes, each with its own connection to the store."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                               initargs=(db_path,))
+
+
+def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = "runs",
+              progress: bool = True, pool: ProcessPoolExecutor | None = None) -> SweepCounts:
+    """Run every spec not yet finished in the store at ``db_path``.
+
+    Args:
+        specs: the runs (duplicates are run once).
+        db_path: the results file.
+        workers: processes; 1 runs in this process.
+        desc: progress-bar label.
+        progress: show a tqdm bar on stderr (runs done, running, failed, ETA).
+        pool: an open pool (from :func:`open_pool`) to reuse across phases.
+    """
+    from tqdm import tqdm
+
+    counts = SweepCounts()
+    with ResultsStore(db_path) as store:
+        finished = store.finished_keys()
+    unique: dict[str, RunSpec] = {}
+    for spec in specs:
+        unique.setdefault(spec.key, spec)
+    todo = [s for k, s in unique.items() if k not in finished]
+    counts.skipped = len(unique) - len(todo)
+    if not todo:
+        return counts
+    bar = tqdm(total=len(todo), desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True)
+
+    def tally(status: str, running: int) -> None:
+        counts.done += 1
+        counts.failed += status == "failed"
+        counts.diverged += status == "diverged"
+        bar.update(1)
+        bar.set_postfix(running=running, failed=counts.failed, diverged=counts.diverged, refresh=False)
+
+    try:
+        if workers <= 1:
+            _init_worker(db_path)
+            for spec in todo:
+                bar.set_postfix(running=1, failed=counts.failed, diverged=counts.diverged, refresh=False)
+                tally(_run_and_store(spec), running=0)
+            return counts
+        own_pool = pool is None
+        pool = open_pool(db_path, workers) if own_pool else pool
+        try:
+            pending = {pool.submit(_run_and_store, spec) for spec in todo}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        status = future.result()
+                    except Exception as exc:
+                        for other in pending:
+                            other.cancel()
+                        raise WorkerCrashed(
+                            f"a worker process died ({type(exc).__name__}: {exc}); {counts.done} runs of this "
+                            f"phase were stored. Run the same command again to resume.") from exc
+                    tally(status, running=min(workers, len(pending)))
+        finally:
+            if own_pool:
+                pool.shutdown(cancel_futures=True)
+    finally:
+        bar.close()
+    return counts
+
+
+# -- the protocol ------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """What a sweep runs: task ids, optimizer names, their grids, and the seeds."""
+
+    tasks: list[str]
+    optimizers: list[str]
+    grids: dict[str, grids_mod.Grid] = field(default_factory=dict)
+    protocol: str = "quick"
+    tune_seeds: int = 1
+    seeds: int = 10
+
+    def __post_init__(self):
+        if self.tune_seeds < 1:
+            raise ValueError(f"tune_seeds must be >= 1, got {self.tune_seeds}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.protocol not in grids_mod.PROTOCOL_LR_GRIDS:
+            raise ValueError(f"protocol must be one of {sorted(grids_mod.PROTOCOL_LR_GRIDS)}, got {self.protocol!r}")
+        if not self.tasks:
+            raise ValueError("no tasks to run")
+        if not self.optimizers:
+            raise ValueError("no optimizers to run")
+        unknown = set(self.grids) - set(self.optimizers)
+        if unknown:
+            raise ValueError(f"grid given for {', '.join(sorted(unknown))}, which is not among the optimizers "
+                             f"({', '.join(self.optimizers)})")
+
+    def grid_for(self, spec: OptimizerSpec) -> tuple[list[dict[str, Any]], bool]:
+        """(configurations, tuned?) for an optimizer."""
+        if spec.name in self.grids:
+            configs = grids_mod.expand(self.grids[spec.name])
+            return configs, len(configs) > 1
+        if not spec.tunable:
+            return [{}], False
+        return [{"lr": lr} for lr in grids_mod.PROTOCOL_LR_GRIDS[self.protocol]], True
+
+
+def _check_configs(spec: OptimizerSpec, configs: list[dict[str, Any]]) -> None:
+    """Build each configuration once on a dummy parameter: a bad hyperparameter fails here."""
+    import torch
+
+    for config in configs:
+        try:
+            spec.factory(config)([torch.zeros(2, requires_grad=True)])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"optimizer {spec.name!r} rejects hyperparameters {config}: {exc}") from exc
+
+
+def run_benchmark(plan: Plan, db_path: str, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Tune, select and rerun every (task, optimizer) of ``plan``; everything lands in ``db_path``."""
+    presets = {t: get_preset(t) for t in plan.tasks}
+    optimizers = [resolve(name) for name in plan.optimizers]
+    configs = {}
+    for spec in optimizers:
+        configs[spec.name] = plan.grid_for(spec)
+        _check_configs(spec, configs[spec.name][0])
+    task_steps = {}
+    for task_id, preset in presets.items():
+        task = preset.build(0)
+        task_steps[task_id] = int(task.steps)
+
+    def make(task_id, spec, config, seed):
+        preset = presets[task_id]
+        return RunSpec(task_id, preset, spec, _freeze(config), seed, task_steps[task_id], preset.eval_every or
+                       max(1, task_steps[task_id] // 50))
+
+    tune_seeds = list(range(plan.tune_seeds))
+    tune = [make(t, o, c, s) for t in plan.tasks for o in optimizers if configs[o.name][1]
+            for c in configs[o.name][0] for s in tune_seeds]
+    pool = open_pool(db_path, workers) if workers > 1 else None
+    try:
+        return _tune_select_rerun(plan, db_path, workers, progress, pool, optimizers, configs, task_steps, tune,
+                                  make, final_seeds=list(range(plan.seeds)), tune_seeds=tune_seeds)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _tune_select_rerun(plan, db_path, workers, progress, pool, optimizers, configs, task_steps, tune, make,
+                       final_seeds, tune_seeds):
+    totals = {"tune": run_specs(tune, db_path, workers, "tune", progress, pool)}
+
+    final: list[RunSpec] = []
+    with ResultsStore(db_path) as store:
+        for task_id in plan.tasks:
+            for spec in optimizers:
+                candidates, tuned = configs[spec.name]
+                best, best_loss = candidates[0], math.nan
+                if tuned:
+                    best, best_loss = select(store, [make(task_id, spec, c, s) for c in candidates for s in tune_seeds])
+                store.record_selection(task_id, spec.name, best, tuned, best_loss, len(candidates),
+                                       tune_seeds if tuned else [], final_seeds, task_steps[task_id])
+                final += [make(task_id, spec, best, s) for s in final_seeds]
+    totals["final"] = run_specs(final, db_path, workers, "final", progress, pool)
+    return totals
+
+
+def select(store: ResultsStore, specs: list[RunSpec]) -> tuple[dict[str, Any], float]:
+    """The configuration with the lowest mean selection loss over its seeds (+inf if any failed)."""
+    by_key = {r["run_key"]: r for r in _runs_for(store, specs)}
+    losses: dict[tuple, list[float]] = defaultdict(list)
+    for spec in specs:
+        row = by_key.get(spec.key)
+        value = row["selection_loss"] if row and row["status"] == "complete" else None
+        losses[spec.hparams].append(math.inf if value is None else float(value))
+    best = min(losses, key=lambda h: (sum(losses[h]) / len(losses[h]), list(losses).index(h)))
+    return dict(best), sum(losses[best]) / len(losses[best])
+
+
+def _runs_for(store: ResultsStore, specs: list[RunSpec]) -> list[dict[str, Any]]:
+    pairs = {(s.task, s.optimizer.name) for s in specs}
+    rows = []
+    for task, optimizer in pairs:
+        rows += store.runs(task=task, optimizer=optimizer)
+    return rows
