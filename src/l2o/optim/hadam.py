@@ -58,25 +58,60 @@ class HAdam(L2OOptimizer):
     def _step_group(self, group, params, grads):
         if not params:
             return
-        order = group["order"]
-        moment_key = "exp_avg_sq" if order == 2.0 else "exp_avg_root"
-        exp_avgs, moments, steps = [], [], []
-        for p in params:
+        order, eps = group["order"], group["eps"]
+        beta1, beta2 = group["betas"]
+        foreach = resolve_foreach(group["foreach"], params, cpu_default=False)
+        by_form: dict[str, tuple[list, ...]] = {}
+        for p, g in zip(params, grads):
             state = self.state[p]
             if not state:
                 state["step"] = new_step_tensor()
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state[moment_key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            exp_avgs.append(state["exp_avg"])
-            moments.append(state[moment_key])
-            steps.append(state["step"])
-        beta1, beta2 = group["betas"]
-        kwargs = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], order=order,
-                      weight_decay=group["weight_decay"], maximize=group["maximize"])
-        if resolve_foreach(group["foreach"], params, cpu_default=False):
-            _hadam_foreach(params, grads, exp_avgs, moments, steps, **kwargs)
-        else:
-            _hadam_loop(params, grads, exp_avgs, moments, steps, **kwargs)
+                state[_moment_key(order, p.dtype, eps)] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            key = next(k for k in _MOMENT_FORMS if k in state)
+            lists = by_form.setdefault(key, ([], [], [], [], []))
+            for lst, item in zip(lists, (p, g, state["exp_avg"], state[key], state["step"])):
+                lst.append(item)
+        for key, lists in by_form.items():
+            (_hadam_foreach if foreach else _hadam_loop)(
+                *lists, form=key, lr=group["lr"], beta1=beta1, beta2=beta2, eps=eps, order=order,
+                weight_decay=group["weight_decay"], maximize=group["maximize"])
+
+
+# The three forms of the second accumulator, by state key (see HAdam's docstring).
+_MOMENT_FORMS = ("exp_avg_sq", "exp_avg_pow", "exp_avg_root")
+
+
+def _moment_key(order: float, dtype: torch.dtype, eps: float) -> str:
+    """Adam's form for order 2; ``v = E|g|^p`` where the dtype's range makes it safe; else the root form."""
+    if order == 2.0:
+        return "exp_avg_sq"
+    info = torch.finfo(dtype)
+    # |g|^p underflows only where |g| < tiny^(1/p): harmless if that is far below eps (the
+    # denominator is then eps anyway); it overflows only for |g| > max^(1/p).
+    if info.tiny ** (1.0 / order) <= 0.1 * eps and info.max ** (1.0 / order) >= 1e6:
+        return "exp_avg_pow"
+    return "exp_avg_root"
+
+
+def _abs_pow(grad: torch.Tensor, order: float) -> torch.Tensor:
+    """``|grad|^order`` as a new tensor, by multiplications where the order allows it (pow is slow)."""
+    if order % 2 == 0:
+        out = grad * grad
+        half = order / 2
+        if half == 2:
+            out.mul_(out)
+        elif half != 1:
+            out.pow_(half)
+        return out
+    return grad.abs().pow_(order)
+
+
+def _root(moment: torch.Tensor, order: float) -> torch.Tensor:
+    """``moment^(1/order)`` as a new tensor."""
+    if order == 4:
+        return moment.sqrt().sqrt_()
+    return moment.pow(1.0 / order)
 
 
 def _root_moment_update(root: torch.Tensor, abs_grad: torch.Tensor, beta2: float, order: float) -> None:
@@ -90,7 +125,8 @@ def _root_moment_update(root: torch.Tensor, abs_grad: torch.Tensor, beta2: float
     root.lerp_(abs_grad, 1.0 - beta2).pow_(1.0 / order).mul_(scale)
 
 
-def _hadam_loop(params, grads, exp_avgs, moments, steps, *, lr, beta1, beta2, eps, order, weight_decay, maximize):
+def _hadam_loop(params, grads, exp_avgs, moments, steps, *, form, lr, beta1, beta2, eps, order, weight_decay,
+                maximize):
     for param, grad, exp_avg, moment, step_t in zip(params, grads, exp_avgs, moments, steps):
         if maximize:
             grad = -grad
@@ -101,16 +137,24 @@ def _hadam_loop(params, grads, exp_avgs, moments, steps, *, lr, beta1, beta2, ep
         bias_correction1 = 1 - beta1 ** step
         bias_correction2 = 1 - beta2 ** step
         exp_avg.lerp_(grad, 1 - beta1)
-        if order == 2.0:
+        if form == "exp_avg_sq":  # Adam's arithmetic, as torch.optim.Adam
             moment.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (moment.sqrt() / bias_correction2 ** 0.5).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+            continue
+        bias_root = bias_correction2 ** (1.0 / order)
+        if form == "exp_avg_pow":
+            moment.lerp_(_abs_pow(grad, order), 1.0 - beta2)
+            denom = _root(moment, order)
         else:
             _root_moment_update(moment, grad.abs(), beta2, order)
-            denom = (moment / bias_correction2 ** (1.0 / order)).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+            denom = moment.clone()
+        # m_hat / (r_hat + eps) with r_hat = r / bias_root, rewritten to save a pass over memory.
+        denom.add_(eps * bias_root)
+        param.addcdiv_(exp_avg, denom, value=-lr * bias_root / bias_correction1)
 
 
-def _hadam_foreach(params, grads, exp_avgs, moments, steps, *, lr, beta1, beta2, eps, order, weight_decay,
+def _hadam_foreach(params, grads, exp_avgs, moments, steps, *, form, lr, beta1, beta2, eps, order, weight_decay,
                    maximize):
     for p_list, g_list, m_list, v_list, s_list in group_by_device_and_dtype(params, grads, exp_avgs, moments, steps):
         if maximize:
@@ -121,11 +165,31 @@ def _hadam_foreach(params, grads, exp_avgs, moments, steps, *, lr, beta1, beta2,
         # Step counts can differ between tensors (parameters that had no gradient on some steps).
         step_values = [scalar(s) for s in s_list]
         torch._foreach_lerp_(m_list, g_list, 1 - beta1)
-        if order == 2.0:
+        if form == "exp_avg_sq":
             torch._foreach_mul_(v_list, beta2)
             torch._foreach_addcmul_(v_list, g_list, g_list, value=1 - beta2)
             denom = torch._foreach_sqrt(v_list)
             torch._foreach_div_(denom, [(1 - beta2 ** s) ** 0.5 for s in step_values])
+            torch._foreach_add_(denom, eps)
+            torch._foreach_addcdiv_(p_list, m_list, denom, [-lr / (1 - beta1 ** s) for s in step_values])
+            continue
+        bias_roots = [(1 - beta2 ** s) ** (1.0 / order) for s in step_values]
+        if form == "exp_avg_pow":
+            if order % 2 == 0:
+                powers = torch._foreach_mul(g_list, g_list)
+                if order == 4:
+                    torch._foreach_mul_(powers, powers)
+                elif order != 2:
+                    torch._foreach_pow_(powers, order / 2)
+            else:
+                powers = torch._foreach_abs(g_list)
+                torch._foreach_pow_(powers, order)
+            torch._foreach_lerp_(v_list, powers, 1.0 - beta2)
+            if order == 4:
+                denom = torch._foreach_sqrt(v_list)
+                torch._foreach_sqrt_(denom)
+            else:
+                denom = torch._foreach_pow(v_list, 1.0 / order)
         else:
             abs_grads = torch._foreach_abs(g_list)
             scales = torch._foreach_maximum(v_list, abs_grads)
@@ -137,6 +201,7 @@ def _hadam_foreach(params, grads, exp_avgs, moments, steps, *, lr, beta1, beta2,
             torch._foreach_lerp_(v_list, abs_grads, 1.0 - beta2)
             torch._foreach_pow_(v_list, 1.0 / order)
             torch._foreach_mul_(v_list, scales)
-            denom = torch._foreach_div(v_list, [(1 - beta2 ** s) ** (1.0 / order) for s in step_values])
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(p_list, m_list, denom, [-lr / (1 - beta1 ** s) for s in step_values])
+            denom = torch._foreach_mul(v_list, 1.0)
+        torch._foreach_add_(denom, [eps * b for b in bias_roots])
+        torch._foreach_addcdiv_(p_list, m_list, denom,
+                                [-lr * b / (1 - beta1 ** s) for b, s in zip(bias_roots, step_values)])

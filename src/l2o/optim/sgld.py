@@ -60,6 +60,7 @@ class SGLD(L2OOptimizer):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"invalid generator: {generator!r} (expected a torch.Generator or None)")
         self.generator = generator
+        self._noise_buffers: dict[torch.Tensor, torch.Tensor] = {}
         defaults = dict(lr=lr, num_data=float(num_data), temperature=temperature, lr_offset=lr_offset,
                         lr_decay=lr_decay, foreach=foreach)
         super().__init__(params, defaults)
@@ -86,9 +87,16 @@ class SGLD(L2OOptimizer):
             if not state:
                 state["step"] = new_step_tensor()
             steps.append(state["step"])
+        # Noise buffers are scratch space, not state: kept out of state_dict.
+        noises = []
+        for p in params:
+            buffer = self._noise_buffers.get(p)
+            if buffer is None or buffer.shape != p.shape or buffer.dtype != p.dtype or buffer.device != p.device:
+                buffer = self._noise_buffers[p] = torch.empty_like(p, memory_format=torch.contiguous_format)
+            noises.append(buffer)
         foreach = resolve_foreach(group["foreach"], params, cpu_default=False)
         (_sgld_foreach if foreach else _sgld_loop)(
-            params, grads, steps, lr=group["lr"], num_data=group["num_data"], temperature=group["temperature"],
+            params, grads, steps, noises, lr=group["lr"], num_data=group["num_data"], temperature=group["temperature"],
             lr_offset=group["lr_offset"], lr_decay=group["lr_decay"], generator=self.generator)
 
 
@@ -96,23 +104,26 @@ def _step_size(lr, lr_offset, lr_decay, step):
     return lr if lr_decay == 0 else lr * (lr_offset + step) ** (-lr_decay)
 
 
-def _noise_like(param, generator):
-    return torch.randn(param.shape, generator=generator, dtype=param.dtype, device=param.device)
+def _draw_noise(buffer, generator):
+    # Filling a kept buffer avoids allocating (and page-faulting) a parameter-sized tensor per step.
+    return buffer.normal_(generator=generator)
 
 
-def _sgld_loop(params, grads, steps, *, lr, num_data, temperature, lr_offset, lr_decay, generator):
-    for param, grad, step_t in zip(params, grads, steps):
+def _sgld_loop(params, grads, steps, noises, *, lr, num_data, temperature, lr_offset, lr_decay, generator):
+    for param, grad, step_t, noise in zip(params, grads, steps, noises):
         step_t += 1
         eps = _step_size(lr, lr_offset, lr_decay, scalar(step_t))
         param.add_(grad, alpha=-0.5 * eps * num_data)
         if temperature > 0:
-            param.add_(_noise_like(param, generator), alpha=math.sqrt(eps * temperature))
+            param.add_(_draw_noise(noise, generator), alpha=math.sqrt(eps * temperature))
 
 
-def _sgld_foreach(params, grads, steps, *, lr, num_data, temperature, lr_offset, lr_decay, generator):
+def _sgld_foreach(params, grads, steps, noises, *, lr, num_data, temperature, lr_offset, lr_decay, generator):
     # Noise is drawn tensor by tensor in parameter order, exactly as the loop draws it, so both
     # paths give the same chain for the same generator state.
-    noises = [_noise_like(p, generator) for p in params] if temperature > 0 else [None] * len(params)
+    if temperature > 0:
+        for noise in noises:
+            _draw_noise(noise, generator)
     for p_list, g_list, s_list, n_list in group_by_device_and_dtype(params, grads, steps, noises):
         torch._foreach_add_(s_list, 1.0)
         step_sizes = [_step_size(lr, lr_offset, lr_decay, scalar(s)) for s in s_list]

@@ -1,0 +1,132 @@
+"""Step time of every l2o.optim optimizer, as ratios to torch.optim.Adam measured in the same run.
+
+All optimizers step the same 50 float32 tensors (about 2.7 million parameters) with fixed
+gradients. Each timing runs single-threaded (``torch.set_num_threads(1)``); the optimizers are
+timed in interleaved rounds (every optimizer once per round) so that load from other processes
+affects them alike, and the median over rounds is kept. Ratios are to ``torch.optim.Adam()``
+with default settings (on the CPU that is its per-tensor loop) and to ``torch.optim.Adam(fused=True)``
+(a single pass over memory: the practical limit).
+
+Usage::
+
+    python benchmarks/step_time.py                 # writes benchmarks/results/step_time.json
+    python benchmarks/step_time.py --rounds 5 --steps 5 --out /tmp/quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import l2o.optim
+
+# name -> (factory kind, keyword arguments). "torch:" entries are torch.optim baselines.
+CONFIGS: list[tuple[str, str, dict]] = [
+    ("adam (default)", "torch:Adam", {}),
+    ("adam foreach", "torch:Adam", dict(foreach=True)),
+    ("adam fused", "torch:Adam", dict(fused=True)),
+    ("hadam order=4 (default)", "hadam", {}),
+    ("hadam order=4 loop", "hadam", dict(foreach=False)),
+    ("hadam order=4 foreach", "hadam", dict(foreach=True)),
+    ("hadam order=8 loop (root form)", "hadam", dict(order=8, foreach=False)),
+    ("hadam order=8 foreach", "hadam", dict(order=8, foreach=True)),
+    ("hadam order=2 loop", "hadam", dict(order=2, foreach=False)),
+    ("hadam order=2 foreach", "hadam", dict(order=2, foreach=True)),
+    ("sgld (default)", "sgld", {}),
+    ("sgld loop", "sgld", dict(foreach=False)),
+    ("sgld foreach", "sgld", dict(foreach=True)),
+    ("sgdhd (default)", "sgdhd", {}),
+    ("sgdhd loop", "sgdhd", dict(foreach=False)),
+    ("sgdhd foreach", "sgdhd", dict(foreach=True)),
+    ("adamhd (default)", "adamhd", {}),
+    ("adamhd loop", "adamhd", dict(foreach=False)),
+    ("adamhd foreach", "adamhd", dict(foreach=True)),
+    ("yellowfin (default)", "yellowfin", {}),
+    ("yellowfin loop", "yellowfin", dict(foreach=False)),
+    ("yellowfin foreach", "yellowfin", dict(foreach=True)),
+]
+
+
+def make_tensors(seed: int = 0) -> list[torch.Tensor]:
+    """50 tensors, 2.7M parameters: 20 matrices 512x256, 20 vectors of 256, 10 matrices 64x64."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(512, 256)] * 20 + [(256,)] * 20 + [(64, 64)] * 10
+    params = []
+    for shape in shapes:
+        p = torch.randn(shape, generator=gen).requires_grad_()
+        p.grad = torch.randn(shape, generator=gen) * 1e-2
+        params.append(p)
+    return params
+
+
+def build(kind: str, params, kwargs: dict):
+    if kind.startswith("torch:"):
+        return getattr(torch.optim, kind.split(":", 1)[1])(params, **kwargs)
+    return l2o.optim.create(kind, params, **kwargs)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (median kept)")
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per timing")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "step_time.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    optimizers, skipped = {}, {}
+    for name, kind, kwargs in CONFIGS:
+        try:
+            params = make_tensors()
+            optimizers[name] = build(kind, params, kwargs)
+        except (ImportError, KeyError, AttributeError) as error:  # e.g. a method not in this checkout
+            skipped[name] = f"{type(error).__name__}: {error}"
+            print(f"skipping {name}: {skipped[name]}", file=sys.stderr)
+    for optimizer in optimizers.values():  # warm-up: state allocation, first-step branches
+        for _ in range(2):
+            optimizer.step()
+
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    from tqdm import tqdm
+
+    for _ in tqdm(range(args.rounds), desc="rounds", file=sys.stderr):
+        for name, optimizer in optimizers.items():
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                optimizer.step()
+            times[name].append((time.perf_counter() - start) / args.steps)
+
+    median = {name: statistics.median(t) for name, t in times.items()}
+    adam, fused = median["adam (default)"], median["adam fused"]
+    numel = sum(p.numel() for p in make_tensors())
+    results = [dict(name=name, median_ms=1e3 * m, ratio_to_adam=m / adam, ratio_to_fused_adam=m / fused,
+                    spread_ms=[1e3 * min(times[name]), 1e3 * max(times[name])])
+               for name, m in median.items()]
+    report = dict(
+        description=__doc__.strip().splitlines()[0],
+        command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
+        threads=torch.get_num_threads(), tensors=50, parameters=numel, dtype="float32",
+        rounds=args.rounds, steps_per_round=args.steps, results=results, skipped=skipped,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"{numel:,} parameters in 50 tensors, 1 thread, median of {args.rounds} rounds x {args.steps} steps")
+    print(f"{'optimizer':31s} {'ms/step':>9s} {'x Adam':>8s} {'x fused Adam':>13s}")
+    for row in results:
+        print(f"{row['name']:31s} {row['median_ms']:9.2f} {row['ratio_to_adam']:8.2f} {row['ratio_to_fused_adam']:13.2f}")
+    for name, why in skipped.items():
+        print(f"{name:31s} skipped ({why})")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
