@@ -73,7 +73,7 @@ CASES: list[OptimizerCase] = [
     OptimizerCase(
         name="hadam",
         kwargs=lambda: dict(lr=0.05, order=4),
-        variants=[dict(order=2), dict(order=3, weight_decay=0.1), dict(order=8, maximize=True),
+        variants=[dict(order=2), dict(order=3, weight_decay=0.1), dict(order=8, maximize=True), dict(order=64),
                   dict(betas=(0.5, 0.9), eps=1e-3)],
         bad_hyperparameters=[("lr", -0.1), ("betas", (0.9, 1.0)), ("betas", (-0.1, 0.9)), ("eps", 0.0),
                              ("order", 0.5), ("weight_decay", -1.0), ("order", float("nan"))],
@@ -125,5 +125,22 @@ CASES.append(
         group_override=dict(hypergrad_lr=0.01),
         rosenbrock=ConvergenceSpec(kwargs=dict(lr=0.01, hypergrad_lr=1e-5), steps=3000, tolerance=1e-4),
         quadratic=ConvergenceSpec(kwargs=dict(lr=0.01, hypergrad_lr=1e-4), steps=600, tolerance=1e-6),
+    )
+)
+
+CASES.append(
+    OptimizerCase(
+        name="yellowfin",
+        # Faster averages than the paper's 0.999 so that five steps exercise the tuner.
+        kwargs=lambda: dict(beta=0.9, init_lr=0.01),
+        variants=[dict(closed_loop=True, staleness=1, feedback_gain=0.1), dict(clip_norm=0.5, weight_decay=0.1),
+                  dict(adaptive_clip=1.0, curv_win_width=3)],
+        bad_hyperparameters=[("lr", -1.0), ("beta", 1.0), ("curv_win_width", 0), ("init_lr", 0.0),
+                             ("init_momentum", 1.0), ("clip_norm", -1.0), ("adaptive_clip", 0.0), ("staleness", -1),
+                             ("feedback_gain", 2.0), ("weight_decay", -0.1)],
+        group_override=dict(lr=0.5),
+        # The paper's defaults (beta 0.999, alpha_0 1e-4) warm up slowly, hence the budgets.
+        rosenbrock=ConvergenceSpec(kwargs=dict(beta=0.999, init_lr=1e-4), steps=4000, tolerance=1e-4),
+        quadratic=ConvergenceSpec(kwargs=dict(beta=0.999, init_lr=1e-4), steps=3000, tolerance=1e-6),
     )
 )

@@ -1,0 +1,327 @@
+"""YellowFin: momentum SGD whose learning rate and momentum tune themselves.
+
+Zhang and Mitliagkas, "YellowFin and the Art of Momentum Tuning" (MLSys 2019, arXiv:1706.03471).
+See docs/methods/yellowfin.md for the equations, defaults, deviations and the experiments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from l2o.optim._base import (L2OOptimizer, check_bool, check_foreach, check_nonnegative, check_positive,
+                             check_range, group_by_device_and_dtype, resolve_foreach)
+
+_TINY = 1e-30  # below any meaningful squared gradient norm in float32 or float64
+
+
+def cubic_root(p: float) -> float:
+    """The root x in [0, 1] of ``p x = (1 - x)^3`` (the stationarity condition of SingleStep).
+
+    With ``x = sqrt(mu)``, minimising ``mu D^2 + alpha^2 C`` with ``alpha = (1 - sqrt(mu))^2 / h_min``
+    gives ``x D^2 h_min^2 / (2C) = (1 - x)^3``, i.e. this equation with ``p = D^2 h_min^2 / (2C)``.
+    Its left side minus its right side increases strictly on [0, 1], from -1 to p, so the root
+    is unique. Vieta's substitution gives it in closed form, but that form cancels
+    catastrophically for large ``p`` (and overflows); bracketed Newton steps on a well-scaled
+    residual then make the root accurate to rounding for every ``p``.
+    """
+    if not p > 0.0:  # p = 0 (or NaN): zero distance or zero curvature, the root is x = 1
+        return 1.0
+    if math.isinf(p):  # no gradient variance: x -> 0
+        return 0.0
+    if p >= 1.0:  # residual x - (1 - x)^3 / p: slope between 1 and 1 + 3/p
+        def residual(x):
+            return x - (1.0 - x) ** 3 / p
+
+        def slope(x):
+            return 1.0 + 3.0 * (1.0 - x) ** 2 / p
+
+        x = 1.0 / (p + 3.0)
+    else:
+        def residual(x):
+            return p * x - (1.0 - x) ** 3
+
+        def slope(x):
+            return p + 3.0 * (1.0 - x) ** 2
+
+        # y = x - 1 solves y^3 + p y + p = 0; Vieta: y = w - p / (3 w), w^3 = -(p + sqrt(p^2 + 4 p^3 / 27)) / 2.
+        w = -((0.5 * p * (1.0 + math.sqrt(1.0 + 4.0 * p / 27.0))) ** (1.0 / 3.0))
+        x = min(max(1.0 + w - p / (3.0 * w), 0.0), 1.0)
+    low, high = 0.0, 1.0
+    for _ in range(200):
+        r = residual(x)
+        if r == 0.0:
+            return x
+        if r > 0.0:
+            high = x
+        else:
+            low = x
+        next_x = x - r / slope(x)
+        if not low <= next_x <= high:
+            next_x = 0.5 * (low + high)
+        if abs(next_x - x) <= 1e-15 * abs(next_x) or next_x in (low, high) and high - low <= 1e-15 * high:
+            return next_x
+        x = next_x
+    return x
+
+
+def single_step(h_min: float, h_max: float, variance: float, distance: float) -> tuple[float, float] | None:
+    """YellowFin's SingleStep tuner: the momentum and learning rate for the measured statistics.
+
+    Solves ``min_{mu, alpha} mu D^2 + alpha^2 C`` subject to
+    ``sqrt(mu) >= (sqrt(h_max/h_min) - 1) / (sqrt(h_max/h_min) + 1)`` and
+    ``alpha = (1 - sqrt(mu))^2 / h_min``.
+
+    Returns:
+        ``(mu, alpha)``, or None when the statistics cannot define a step (non-finite values,
+        or zero curvature); the caller then keeps its previous values.
+    """
+    values = (h_min, h_max, variance, distance)
+    if not all(math.isfinite(v) for v in values) or h_min <= _TINY:
+        return None
+    dynamic_range = max(h_max / h_min, 1.0)
+    root = math.sqrt(dynamic_range)
+    mu_floor = ((root - 1.0) / (root + 1.0)) ** 2
+    p = distance ** 2 * h_min ** 2 / (2.0 * variance) if variance > 0.0 else math.inf
+    x = cubic_root(p)
+    mu = max(x * x, mu_floor)
+    alpha = (1.0 - math.sqrt(mu)) ** 2 / h_min
+    if not (math.isfinite(mu) and math.isfinite(alpha)):
+        return None
+    return mu, alpha
+
+
+class YellowFin(L2OOptimizer):
+    r"""Momentum SGD with the learning rate and momentum tuned every step (YellowFin).
+
+    Each step, for each param group (one tuner per group; with one group this is the paper's
+    single global tuner), with :math:`g_t` the gradient and :math:`h_t = \|g_t\|^2`:
+
+    .. math::
+        h_{\max} &\leftarrow \beta h_{\max} + (1-\beta)\max_{t-w<i\le t} h_i,\qquad
+        h_{\min} \leftarrow \beta h_{\min} + (1-\beta)\min_{t-w<i\le t} h_i \\
+        C &= \overline{\|g\|^2} - \|\bar g\|^2 \quad(\bar g,\ \overline{\|g\|^2}\text{ moving averages}) \\
+        D &\leftarrow \beta D + (1-\beta)\,\overline{\|g\|}/\overline{h} \\
+        \mu^*, \alpha^* &= \mathrm{SingleStep}(C, D, h_{\min}, h_{\max}),\quad
+        \mu \leftarrow \beta\mu + (1-\beta)\mu^*,\quad \alpha \leftarrow \beta\alpha + (1-\beta)\alpha^* \\
+        x_{t+1} &= x_t + \mu (x_t - x_{t-1}) - \eta\,\alpha\, g_t
+
+    All moving averages are zero-debiased. :math:`\eta` is the group's ``lr``, a multiplier on
+    the tuned step (1 by default) that learning-rate schedulers can drive.
+
+    **Closed loop** (``closed_loop=True``, for asynchronous training whose gradients are
+    ``staleness`` steps old): the optimizer measures the *total* momentum from the parameter
+    trajectory, as the median over coordinates of
+    :math:`(x_{s+1}-x_s+\eta\alpha_s g(x_s)) / (x_s-x_{s-1})` where :math:`g(x_s)` is the
+    gradient just received (computed at :math:`x_s`, :math:`s = t-\tau`), and corrects the
+    momentum it applies by negative feedback,
+    :math:`\mu_{alg} \leftarrow \mu_{alg} + \gamma(\mu - \hat\mu_T)`, so that the total momentum
+    tracks the tuned target. It keeps ``staleness + 2`` past displacements per parameter.
+
+    Args:
+        params: parameters or param groups.
+        lr: multiplier :math:`\eta` on the tuned learning rate (1.0 in the paper).
+        beta: smoothing of every moving average (0.999 in the paper).
+        curv_win_width: window :math:`w` of the curvature range (20 in the paper).
+        init_lr: initial tuned learning rate :math:`\alpha_0` (1e-4, as the paper's algorithm).
+        init_momentum: initial momentum :math:`\mu_0` (0, as the paper's algorithm).
+        clip_norm: if set, clip each step's gradient to this global norm (per group) before
+            anything else sees it.
+        adaptive_clip: if set to a factor k, clip the gradient norm to :math:`k\sqrt{h_{\max}}`
+            (the authors' adaptive clipping; off by default). Skipped on a group's first step.
+        weight_decay: L2 penalty added to the gradient.
+        closed_loop: measure the total momentum and correct the applied momentum.
+        staleness: age in steps of the gradients the optimizer receives (closed loop only).
+        feedback_gain: gain :math:`\gamma` of the momentum feedback (0.01 in the paper).
+        foreach: multi-tensor path (True), per-tensor loop (False) or the measured default (None).
+    """
+
+    def __init__(self, params, lr: float = 1.0, beta: float = 0.999, curv_win_width: int = 20,
+                 init_lr: float = 1e-4, init_momentum: float = 0.0, clip_norm: float | None = None,
+                 adaptive_clip: float | None = None, weight_decay: float = 0.0, closed_loop: bool = False,
+                 staleness: int = 0, feedback_gain: float = 0.01, foreach: bool | None = None):
+        check_nonnegative("lr", lr)
+        check_range("beta", beta, 0.0, 1.0, high_open=True)
+        if isinstance(curv_win_width, bool) or not isinstance(curv_win_width, int) or curv_win_width < 1:
+            raise ValueError(f"invalid curv_win_width: {curv_win_width!r} (expected an integer >= 1)")
+        check_positive("init_lr", init_lr)
+        check_range("init_momentum", init_momentum, 0.0, 1.0, high_open=True)
+        if clip_norm is not None:
+            check_positive("clip_norm", clip_norm)
+        if adaptive_clip is not None:
+            check_positive("adaptive_clip", adaptive_clip)
+        check_nonnegative("weight_decay", weight_decay)
+        check_bool("closed_loop", closed_loop)
+        if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 0:
+            raise ValueError(f"invalid staleness: {staleness!r} (expected an integer >= 0)")
+        check_range("feedback_gain", feedback_gain, 0.0, 1.0)
+        check_foreach(foreach)
+        defaults = dict(lr=lr, beta=beta, curv_win_width=curv_win_width, init_lr=init_lr,
+                        init_momentum=init_momentum, clip_norm=clip_norm, adaptive_clip=adaptive_clip,
+                        weight_decay=weight_decay, closed_loop=closed_loop, staleness=staleness,
+                        feedback_gain=feedback_gain, foreach=foreach)
+        super().__init__(params, defaults)
+
+    # -- tuner state: plain Python numbers kept in the state of the group's first parameter, so
+    # -- state_dict round trips (and weights_only loading) need nothing special.
+
+    def _tuner(self, group: dict) -> dict:
+        state = self.state[group["params"][0]]
+        if "yf_step" not in state:
+            state.update(yf_step=0, yf_window=[], yf_h_max=0.0, yf_h_min=0.0, yf_sq_norm=0.0, yf_norm=0.0,
+                         yf_dist=0.0, yf_lr=float(group["init_lr"]), yf_momentum=float(group["init_momentum"]),
+                         yf_applied_momentum=float(group["init_momentum"]), yf_total_momentum=float("nan"),
+                         yf_variance=0.0, yf_h_min_debiased=0.0, yf_h_max_debiased=0.0, yf_distance=0.0,
+                         yf_step_sizes=[])
+        return state
+
+    def tuner_state(self, group_index: int = 0) -> dict[str, float]:
+        """The tuner's current numbers for a param group (for logging and plots).
+
+        Keys: ``lr`` (tuned :math:`\\alpha`, before the ``lr`` multiplier), ``momentum`` (tuned
+        target :math:`\\mu`), ``applied_momentum`` (what the update uses; equals ``momentum``
+        in open loop), ``total_momentum`` (measured, closed loop only, else NaN), ``h_min``,
+        ``h_max``, ``variance``, ``distance``, ``step``.
+        """
+        state = self._tuner(self.param_groups[group_index])
+        return {"lr": state["yf_lr"], "momentum": state["yf_momentum"],
+                "applied_momentum": state["yf_applied_momentum"], "total_momentum": state["yf_total_momentum"],
+                "h_min": state["yf_h_min_debiased"], "h_max": state["yf_h_max_debiased"],
+                "variance": state["yf_variance"], "distance": state["yf_distance"], "step": state["yf_step"]}
+
+    def _step_group(self, group, params, grads):
+        if not params:
+            return
+        foreach = resolve_foreach(group["foreach"], params, cpu_default=False)
+        tuner = self._tuner(group)
+        first = tuner["yf_step"] == 0
+        if group["weight_decay"] != 0:
+            if foreach:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            else:
+                grads = [g.add(p, alpha=group["weight_decay"]) for g, p in zip(grads, params)]
+        sq_norm = _sq_norm(grads, foreach)
+        threshold = math.inf
+        if group["clip_norm"] is not None:
+            threshold = group["clip_norm"]
+        if group["adaptive_clip"] is not None and not first:
+            threshold = min(threshold, group["adaptive_clip"] * math.sqrt(tuner["yf_h_max_debiased"]))
+        if sq_norm > threshold ** 2:
+            scale = threshold / math.sqrt(sq_norm)
+            grads = torch._foreach_mul(grads, scale) if foreach else [g * scale for g in grads]
+            sq_norm = _sq_norm(grads, foreach)
+
+        grad_avgs = []
+        for p in params:
+            state = self.state[p]
+            if "grad_avg" not in state:
+                state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grad_avgs.append(state["grad_avg"])
+        beta = group["beta"]
+        if foreach:
+            for g_list, a_list in group_by_device_and_dtype(grads, grad_avgs):
+                torch._foreach_lerp_(a_list, g_list, 1.0 - beta)
+        else:
+            for g, a in zip(grads, grad_avgs):
+                a.lerp_(g, 1.0 - beta)
+        grad_avg_sq_norm = _sq_norm(grad_avgs, foreach)
+        self._update_tuner(group, tuner, sq_norm, grad_avg_sq_norm)
+
+        step_size = group["lr"] * tuner["yf_lr"]
+        momentum = tuner["yf_applied_momentum"]
+        buffers = [self.state[p]["momentum_buffer"] for p in params]
+        closed = group["closed_loop"]
+        before = [p.clone() for p in params] if closed else None
+        # Heavy ball: v <- mu v - eta alpha g; x <- x + v  (x_{t+1} = x_t + mu (x_t - x_{t-1}) - eta alpha g_t).
+        if foreach:
+            for p_list, g_list, b_list in group_by_device_and_dtype(params, grads, buffers):
+                torch._foreach_mul_(b_list, momentum)
+                torch._foreach_add_(b_list, g_list, alpha=-step_size)
+                torch._foreach_add_(p_list, b_list)
+        else:
+            for p, g, b in zip(params, grads, buffers):
+                b.mul_(momentum).add_(g, alpha=-step_size)
+                p.add_(b)
+        if closed:
+            self._close_loop(group, tuner, params, grads, before, step_size)
+
+    # Pure Python arithmetic on floats: nothing for torch.compile to gain, and tracing it would
+    # only specialise (and recompile) on every new value.
+    @torch.compiler.disable
+    def _update_tuner(self, group: dict, tuner: dict, sq_norm: float, grad_avg_sq_norm: float) -> None:
+        beta = group["beta"]
+        tuner["yf_step"] += 1
+        debias = 1.0 - beta ** tuner["yf_step"]
+        if not math.isfinite(sq_norm):
+            return  # a non-finite gradient would poison every average: keep the old values
+        window = tuner["yf_window"]
+        window.append(sq_norm)
+        del window[: -group["curv_win_width"]]
+        tuner["yf_h_max"] = beta * tuner["yf_h_max"] + (1.0 - beta) * max(window)
+        tuner["yf_h_min"] = beta * tuner["yf_h_min"] + (1.0 - beta) * min(window)
+        tuner["yf_sq_norm"] = beta * tuner["yf_sq_norm"] + (1.0 - beta) * sq_norm
+        tuner["yf_norm"] = beta * tuner["yf_norm"] + (1.0 - beta) * math.sqrt(sq_norm)
+        if tuner["yf_sq_norm"] > _TINY:
+            # Both averages carry the same bias factor, which cancels in the ratio.
+            tuner["yf_dist"] = beta * tuner["yf_dist"] + (1.0 - beta) * tuner["yf_norm"] / tuner["yf_sq_norm"]
+        h_max, h_min = tuner["yf_h_max"] / debias, tuner["yf_h_min"] / debias
+        # C = sum(avg(g^2) - avg(g)^2); rounding can make it slightly negative.
+        variance = max(tuner["yf_sq_norm"] / debias - grad_avg_sq_norm / debias ** 2, 0.0)
+        distance = tuner["yf_dist"] / debias
+        tuner.update(yf_h_min_debiased=h_min, yf_h_max_debiased=h_max, yf_variance=variance, yf_distance=distance)
+        tuned = single_step(h_min, h_max, variance, distance)
+        if tuned is None:
+            return
+        mu_star, alpha_star = tuned
+        tuner["yf_momentum"] = beta * tuner["yf_momentum"] + (1.0 - beta) * mu_star
+        tuner["yf_lr"] = beta * tuner["yf_lr"] + (1.0 - beta) * alpha_star
+        if not group["closed_loop"]:
+            tuner["yf_applied_momentum"] = tuner["yf_momentum"]
+
+    def _close_loop(self, group, tuner, params, grads, before, step_size) -> None:
+        """Measure the total momentum from the trajectory and correct the applied momentum."""
+        staleness = group["staleness"]
+        history = staleness + 2
+        sizes = tuner["yf_step_sizes"]
+        sizes.append(step_size)
+        del sizes[:-(staleness + 1)]
+        index = (tuner["yf_step"] - 1) % history  # slot of this step's displacement
+        for p, old in zip(params, before):
+            state = self.state[p]
+            if "displacements" not in state:
+                state["displacements"] = torch.zeros((history, *p.shape), dtype=p.dtype, device=p.device)
+            state["displacements"][index].copy_(p - old)
+        if tuner["yf_step"] < staleness + 2:
+            return  # need x_{s+1} - x_s and x_s - x_{s-1} for s = t - staleness
+        slot_s = (tuner["yf_step"] - 1 - staleness) % history
+        slot_prev = (tuner["yf_step"] - 2 - staleness) % history
+        alpha_s = sizes[0]  # the step size in force when x_{s+1} - x_s was taken
+        numerators, denominators = [], []
+        for p, g in zip(params, grads):
+            d = self.state[p]["displacements"]
+            numerators.append((d[slot_s] + alpha_s * g).reshape(-1))
+            denominators.append(d[slot_prev].reshape(-1))
+        numerator, denominator = torch.cat(numerators), torch.cat(denominators)
+        usable = denominator.abs() > torch.finfo(denominator.dtype).tiny
+        if not bool(usable.any()):
+            return
+        total = float(torch.median(numerator[usable] / denominator[usable]))
+        if not math.isfinite(total):
+            return
+        tuner["yf_total_momentum"] = total
+        corrected = tuner["yf_applied_momentum"] + group["feedback_gain"] * (tuner["yf_momentum"] - total)
+        # Keep the applied momentum where the heavy-ball update is defined and stable.
+        tuner["yf_applied_momentum"] = min(max(corrected, -0.999), 0.999)
+
+
+def _sq_norm(tensors: list[torch.Tensor], foreach: bool) -> float:
+    """Sum of squares of all entries, as a Python float (accumulated in float64)."""
+    if foreach:
+        total = 0.0
+        for (bucket,) in group_by_device_and_dtype(tensors):
+            norms = torch._foreach_norm(bucket)
+            total += float(torch.stack(norms).double().pow(2).sum())
+        return total
+    return sum(float(torch.linalg.vector_norm(t).double() ** 2) for t in tensors)
