@@ -1,6 +1,84 @@
-"""`l2o reproduce`: placeholder until implemented."""
+"""`l2o reproduce <paper>`: re-run a paper's main experiment and write a report directory.
+
+``l2o reproduce l2l`` meta-trains the LSTM optimizer of "Learning to learn by gradient descent
+by gradient descent" and compares it with tuned SGD, NAG, RMSprop and Adam (see
+:mod:`l2o.experiments.l2l`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+EXPERIMENTS = ("l2l",)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("reproduce", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("l2o reproduce: not implemented yet") or 1)
+    p = subparsers.add_parser(
+        "reproduce",
+        help="re-run a paper's main experiment and write a report",
+        description="Re-run a paper's main experiment (meta-training, tuned baselines, report).",
+    )
+    p.add_argument("experiment", choices=EXPERIMENTS, help="l2l: Andrychowicz et al. 2016, the LSTM optimizer")
+    p.add_argument("--out", default=None, help="report directory (default: l2o-report/<experiment>)")
+    p.add_argument("--quick", action="store_true", help="a smoke test of about a minute (fewer seeds, short meta-training)")
+    p.add_argument("--seeds", type=int, default=None, help="evaluation seeds per setting (default 10; --quick: 3)")
+    p.add_argument("--resume", action="store_true", help="continue interrupted meta-training from OUT/checkpoints")
+    p.add_argument("--no-train", action="store_true",
+                   help="evaluate the shipped weights (l2l-digits, l2l-quadratic) instead of meta-training")
+    p.add_argument("--weights", default=None, help="evaluate this digits weights file instead of meta-training")
+    p.add_argument("--quadratic-weights", default=None, help="evaluate this quadratic weights file instead of meta-training")
+    p.add_argument("--settings", default=None,
+                   help="comma-separated subset of: train,steps200,hidden40,layers2,relu,quadratic")
+    p.add_argument("--meta-steps", type=int, default=None, help="outer steps of digits meta-training (default 1500)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    import torch
+
+    # Same numbers every time: one thread (float sums in a fixed order) and fixed seeds.
+    torch.set_num_threads(1)
+    from l2o.experiments import l2l
+    from l2o.learned.weights import PRETRAINED
+
+    config = l2l.L2LConfig.quick() if args.quick else l2l.L2LConfig()
+    if args.seeds is not None:
+        config = replace(config, seeds=args.seeds)
+    if args.settings:
+        config = replace(config, settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()))
+    if args.meta_steps is not None:
+        if args.meta_steps < 1:
+            raise ValueError(f"--meta-steps must be >= 1, got {args.meta_steps}")
+        config = replace(config, digits_outer_steps=args.meta_steps)
+    digits_weights, quadratic_weights = args.weights, args.quadratic_weights
+    if args.no_train:
+        digits_weights = digits_weights or PRETRAINED.path("l2l-digits")
+        quadratic_weights = quadratic_weights or PRETRAINED.path("l2l-quadratic")
+    out = args.out or f"l2o-report/{args.experiment}"
+    command = _command_line(args)
+    paths = l2l.run(out, config, resume=args.resume, digits_weights=digits_weights,
+                    quadratic_weights=quadratic_weights, progress=not args.no_progress, command=command)
+    print(paths["report"].read_text())
+    print(f"report:  {paths['report']}")
+    print(f"curves:  {paths['json']}")
+    for plot in paths["plots"]:
+        print(f"plot:    {plot}")
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as a user would type it (recorded in the report)."""
+    import shlex
+
+    parts = ["l2o", "reproduce", args.experiment]
+    for flag in ("quick", "resume", "no_train", "no_progress"):
+        if getattr(args, flag):
+            parts.append("--" + flag.replace("_", "-"))
+    for flag in ("out", "seeds", "weights", "quadratic_weights", "settings", "meta_steps"):
+        value = getattr(args, flag)
+        if value is not None:
+            parts += ["--" + flag.replace("_", "-"), str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
