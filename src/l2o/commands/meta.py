@@ -1,6 +1,178 @@
-"""`l2o meta`: placeholder until implemented."""
+"""`l2o meta train` / `l2o meta eval`: meta-train a learned optimizer, and compare one with tuned Adam.
+
+Examples::
+
+    l2o meta train --optimizer mlp --estimator bptt --task general --steps 3000 --out runs/mlp
+    l2o meta train --optimizer mlp --estimator pes --task digits --activations relu --steps 200 --out runs/pes
+    l2o meta train ... --resume            # continue from runs/mlp/last.safetensors
+    l2o meta eval --weights mlp-general --task digits_mlp --task-arg activation=relu --steps 100,1000 --seeds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+TASK_CHOICES = ("general", "digits", "classification", "regression", "quadratic")
+
+
+def _pair(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition(":")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH integers, got {text!r}") from exc
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("meta", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("l2o meta: not implemented yet") or 1)
+    meta = subparsers.add_parser("meta", help="meta-train learned optimizers and evaluate them against tuned Adam")
+    sub = meta.add_subparsers(dest="meta_command", required=True, metavar="SUBCOMMAND")
+
+    train = sub.add_parser("train", help="meta-train a learned optimizer (batched; BPTT, ES or PES)")
+    train.add_argument("--optimizer", choices=("mlp", "lstm"), default="mlp", help="rule kind (default: mlp)")
+    train.add_argument("--estimator", choices=("bptt", "es", "pes"), default="bptt", help="meta-gradient estimator")
+    train.add_argument("--task", choices=TASK_CHOICES, default="general",
+                       help="task family: all data sets ('general') or one of them (default: general)")
+    train.add_argument("--activations", type=_words, default=("sigmoid", "tanh", "relu"), help="e.g. relu,tanh")
+    train.add_argument("--widths", type=_ints, default=(16, 32, 64), help="hidden widths, e.g. 16,32,64")
+    train.add_argument("--depths", type=_ints, default=(1, 2), help="hidden layers, e.g. 1,2")
+    train.add_argument("--batch-sizes", type=_ints, default=(32, 64, 128), help="optimizee minibatch sizes")
+    train.add_argument("--horizon", type=_pair, default=(100, 1000), help="episode length LOW:HIGH (log-uniform)")
+    train.add_argument("--unroll", type=int, default=20, help="truncation length (inner steps per meta-update)")
+    train.add_argument("--curriculum", type=_pair, default=None, metavar="START:STEPS",
+                       help="grow the truncation linearly from START to --unroll over STEPS meta-updates")
+    train.add_argument("--steps", type=int, default=1000, help="meta-updates (outer steps)")
+    train.add_argument("--batch", type=int, default=8, help="task instances advanced together")
+    train.add_argument("--groups", type=int, default=4, help="episode groups in flight")
+    train.add_argument("--meta-lr", type=float, default=3e-3)
+    train.add_argument("--clip", type=float, default=1.0, help="meta-gradient global-norm clip (0: none)")
+    train.add_argument("--sigma", type=float, default=0.01, help="ES/PES perturbation scale")
+    train.add_argument("--pairs", type=int, default=4, help="ES/PES antithetic pairs")
+    train.add_argument("--hidden", type=int, default=None, help="rule width (mlp default 16, lstm default 20)")
+    train.add_argument("--checkpoint-every", type=int, default=50)
+    train.add_argument("--val-every", type=int, default=250)
+    train.add_argument("--val-steps", type=int, default=200)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    train.add_argument("--out", required=True, help="output directory (checkpoints, weights.safetensors + card)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="compare a learned optimizer with tuned Adam over seeds")
+    ev.add_argument("--weights", required=True, help="a weights file or the name of shipped weights (mlp-general)")
+    ev.add_argument("--task", default="digits_mlp", help="a task name from l2o.tasks (default digits_mlp)")
+    ev.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="task constructor argument, e.g. activation=relu (repeatable)")
+    ev.add_argument("--steps", type=_ints, default=(100,), help="budgets, e.g. 100,1000")
+    ev.add_argument("--seeds", type=int, default=10, help="evaluation seeds 0..N-1")
+    ev.add_argument("--adam-grid", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1",
+                    help="Adam learning rates; one chosen per budget on training loss over tuning seeds")
+    ev.add_argument("--tune-seeds", type=int, default=3, help="tuning seeds (1000.., disjoint from evaluation seeds)")
+    ev.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ev.set_defaults(func=_eval)
+
+
+def _parse_task_args(items: list[str]) -> dict:
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-arg must be KEY=VALUE, got {item!r}")
+        for cast in (int, float):
+            try:
+                kwargs[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            kwargs[key] = {"none": None, "true": True, "false": False}.get(value.lower(), value)
+    return kwargs
+
+
+def _train(args) -> int:
+    import json
+    import math
+    import time
+
+    import torch
+
+    from l2o.learned.weights import save_rule
+    from l2o.meta.general import GeneralConfig, GeneralTrainer
+    from l2o.tasks.family import DATASETS, GeneralFamily
+
+    torch.set_num_threads(args.threads)
+    datasets = DATASETS if args.task == "general" else (args.task,)
+    family = GeneralFamily(datasets=datasets, widths=args.widths, depths=args.depths, activations=args.activations,
+                           batch_sizes=args.batch_sizes, horizon=args.horizon)
+    if args.optimizer == "mlp":
+        from l2o.learned.mlp import MLPRule
+
+        rule = MLPRule(hidden=args.hidden or 16)
+    else:
+        from l2o.learned.lstm import LSTMRule
+
+        rule = LSTMRule(hidden_size=args.hidden or 20)
+    start, steps = args.curriculum if args.curriculum else (None, 0)
+    config = GeneralConfig(estimator=args.estimator, outer_steps=args.steps, batch_size=args.batch, groups=args.groups,
+                           unroll=args.unroll, curriculum_start=start, curriculum_steps=steps, meta_lr=args.meta_lr,
+                           clip=args.clip or None, sigma=args.sigma, pairs=args.pairs,
+                           checkpoint_every=args.checkpoint_every, val_every=args.val_every, val_steps=args.val_steps,
+                           seed=args.seed)
+    trainer = GeneralTrainer(rule, family, config, directory=args.out)
+    wall = time.time()
+    summary = trainer.train(resume=args.resume, progress_bar=not args.no_progress)
+    wall = time.time() - wall
+    best = trainer.checkpointer.load_best()
+    card = {"training": {"family": family.describe(), "config": vars(config) if hasattr(config, "__dict__") else {},
+                         "outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
+                         "meta_train_seconds": round(summary.seconds, 1), "threads": torch.get_num_threads(),
+                         "rollbacks": summary.rollbacks,
+                         "best_val_log_loss_ratio": None if math.isinf(summary.best_val) else summary.best_val,
+                         "command": "l2o " + " ".join(sys.argv[1:]) if sys.argv and "meta" in sys.argv else None}}
+    final = f"{args.out}/weights.safetensors"
+    save_rule(final, rule, card)
+    print(f"final weights: {final}")
+    if best is not None:
+        from l2o.meta.checkpoint import unprefixed
+
+        best_rule = type(rule)(**rule.config())
+        best_rule.load_state_dict(unprefixed("rule/", best[0]))
+        save_rule(f"{args.out}/best_weights.safetensors", best_rule, {**card, "selected": "best validation"})
+        print(f"best-on-validation weights: {args.out}/best_weights.safetensors")
+    print(json.dumps({"outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
+                      "seconds": round(summary.seconds, 1), "wall_seconds": round(wall, 1),
+                      "inner_steps_per_second": round(summary.inner_steps_per_second, 1),
+                      "rollbacks": summary.rollbacks, "best_val": summary.best_val}))
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+
+    from l2o.meta.evaluate import compare_with_adam, format_table, load_rule_by_name
+
+    rule = load_rule_by_name(args.weights)
+    kwargs = _parse_task_args(args.task_arg)
+    grid = [float(x) for x in args.adam_grid.split(",") if x]
+    if not grid:
+        raise ValueError(f"--adam-grid must list at least one learning rate, got {args.adam_grid!r}")
+    results = compare_with_adam(rule, args.task, kwargs, budgets=list(args.steps), seeds=args.seeds, adam_grid=grid,
+                                tune_seeds=args.tune_seeds)
+    print(format_table(results))
+    if args.json:
+        from l2o.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    return 0

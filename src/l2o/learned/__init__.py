@@ -15,6 +15,7 @@ RULES = Registry(
     "learned rule",
     {
         "lstm": "l2o.learned.lstm:LSTMRule",
+        "mlp": "l2o.learned.mlp:MLPRule",
     },
 )
 

@@ -1,0 +1,120 @@
+"""Evaluate a learned optimizer against Adam with a tuned learning rate, over seeds.
+
+Tuning protocol: for each budget, Adam's learning rate is picked from a grid by the mean
+final *training* loss (full training set) over tuning seeds ``1000, 1001, ...``, which are
+disjoint from the evaluation seeds ``0 .. seeds-1``; held-out numbers never choose anything.
+Both optimizers then run on the evaluation seeds through the shared loop
+:func:`l2o.train.train`, and the mean/standard error of the final training and test losses
+are reported. A diverged run counts as ``inf`` loss.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2o.learned.base import LearnedRule
+
+TUNE_SEED_OFFSET = 1000
+
+
+def load_rule_by_name(weights: str) -> LearnedRule:
+    """A weights file path, or the name of shipped weights (``l2o.learned.PRETRAINED``)."""
+    from l2o.learned.weights import PRETRAINED, load_rule
+
+    if Path(weights).is_file():
+        return load_rule(weights)
+    if weights in PRETRAINED:
+        return PRETRAINED.load(weights)
+    raise ValueError(f"--weights {weights!r} is neither a file nor shipped weights ({', '.join(PRETRAINED.names()) or 'none'})")
+
+
+def _final(result, split: str) -> float:
+    if result.diverged:
+        return math.inf
+    return (result.final_train if split == "train" else result.final_test)["loss"]
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    mean = statistics.fmean(values) if len(finite) == len(values) else math.inf
+    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(finite) == len(values) and len(values) > 1 else 0.0
+    return {"mean": mean, "sem": sem, "diverged": len(values) - len(finite)}
+
+
+def tune_adam(task, steps: int, grid: list[float], tune_seeds: int) -> tuple[float, dict[str, float]]:
+    """Adam learning rate from ``grid`` with the lowest mean final training loss on tuning seeds."""
+    from l2o.train import train
+
+    scores = {}
+    for lr in grid:
+        runs = [train(task, lambda ps, lr=lr: torch.optim.Adam(ps, lr=lr), steps=steps, seed=TUNE_SEED_OFFSET + s)
+                for s in range(tune_seeds)]
+        values = [_final(r, "train") for r in runs]
+        scores[str(lr)] = statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf
+    best = min(grid, key=lambda lr: scores[str(lr)])
+    return best, scores
+
+
+def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, Any], budgets: list[int], seeds: int = 10,
+                      adam_grid: list[float] | None = None, tune_seeds: int = 3, progress: bool = True) -> dict[str, Any]:
+    """Final losses of ``rule`` (as a LearnedOptimizer) and tuned Adam on ``task`` per budget.
+
+    Returns a JSON-friendly dict: per budget, the chosen Adam learning rate, the grid scores,
+    and mean/sem of final train and test loss for both optimizers.
+    """
+    from tqdm import tqdm
+
+    import l2o.tasks
+    from l2o.learned.optimizer import LearnedOptimizer
+    from l2o.train import train
+
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if not budgets or any(b < 1 for b in budgets):
+        raise ValueError(f"budgets must be positive integers, got {budgets}")
+    grid = adam_grid or [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    task = l2o.tasks.get(task_name, **task_kwargs)
+    out: dict[str, Any] = {"task": task_name, "task_args": task_kwargs, "seeds": seeds, "tune_seeds": tune_seeds,
+                           "adam_grid": grid, "rule": rule.kind, "budgets": {}}
+    bar = tqdm(total=len(budgets) * (len(grid) * tune_seeds + 2 * seeds), desc="eval", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    for steps in budgets:
+        lr, scores = tune_adam(task, steps, grid, tune_seeds)
+        bar.update(len(grid) * tune_seeds)
+        rows = {}
+        for label, factory in (("learned", lambda ps: LearnedOptimizer(ps, rule=rule)),
+                               ("adam", lambda ps: torch.optim.Adam(ps, lr=lr))):
+            runs = []
+            for s in range(seeds):
+                runs.append(train(task, factory, steps=steps, seed=s))
+                bar.update(1)
+            rows[label] = {"train": _stats([_final(r, "train") for r in runs]),
+                           "test": _stats([_final(r, "test") for r in runs])}
+        out["budgets"][str(steps)] = {"adam_lr": lr, "adam_grid_train_loss": scores, **rows}
+    bar.close()
+    return out
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text table of :func:`compare_with_adam`'s results."""
+    lines = [f"task {results['task']} {results['task_args']}  ({results['seeds']} seeds; Adam lr tuned on training loss "
+             f"over {results['tune_seeds']} other seeds)",
+             f"{'steps':>6}  {'optimizer':<16} {'final train loss':>22} {'final test loss':>22}"]
+    for steps, row in results["budgets"].items():
+        for label in ("learned", "adam"):
+            name = results["rule"] + "-learned" if label == "learned" else f"adam lr={row['adam_lr']:g}"
+            cells = []
+            for split in ("train", "test"):
+                st = row[label][split]
+                cells.append(f"{st['mean']:.4f} ± {st['sem']:.4f}" + (f" ({st['diverged']} div)" if st["diverged"] else ""))
+            lines.append(f"{steps:>6}  {name:<16} {cells[0]:>22} {cells[1]:>22}")
+    return "\n".join(lines)
+
+
+__all__ = ["compare_with_adam", "tune_adam", "format_table", "load_rule_by_name"]

@@ -1,0 +1,205 @@
+"""A general task family for meta-training optimizers that should work beyond one problem.
+
+:class:`GeneralFamily` samples small MLP problems that differ in data set (scikit-learn's
+digits, synthetic Gaussian-cluster classification, synthetic teacher-network regression, and
+convex quadratics written as linear least squares), width, depth, activation (sigmoid, tanh,
+ReLU), batch size and horizon.
+
+Every problem is an :class:`MLPTask`, whose forward pass also accepts parameters and data
+stacked along a leading task dimension: :meth:`MLPTask.per_task_loss` evaluates ``B``
+instances at once with batched matmuls, which is what batched meta-training uses
+(:mod:`l2o.meta.batched`). ``sample_batch`` draws ``B`` instances that share one architecture
+(so their parameters stack) but have their own data, initialisation and minibatches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from l2o.tasks.base import Params, SupervisedTask, TaskFamily, seed_from
+from l2o.tasks.digits import ACTIVATIONS
+
+DATASETS = ("digits", "classification", "regression", "quadratic")
+
+
+class MLPTask(SupervisedTask):
+    """A functional MLP on in-memory data; also evaluates stacked instances.
+
+    Args:
+        x_train, y_train, x_test, y_test: data (integer targets: classification with
+            cross-entropy; float targets: regression with mean squared error).
+        hidden: width of each hidden layer.
+        layers: number of hidden layers (0: a linear model).
+        activation: "sigmoid", "tanh" or "relu".
+        batch_size: minibatch size (None: full batch).
+        steps: default budget (the horizon).
+        name: name used in reports.
+    """
+
+    def __init__(self, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, hidden: int = 32,
+                 layers: int = 1, activation: str = "relu", batch_size: int | None = 64, steps: int = 100,
+                 name: str = "mlp_task"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if hidden < 1 or layers < 0:
+            raise ValueError(f"need hidden >= 1 and layers >= 0, got hidden={hidden}, layers={layers}")
+        super().__init__(x_train, y_train, x_test, y_test, batch_size)
+        self.hidden, self.layers, self.activation, self.steps, self.name = hidden, layers, activation, steps, name
+        self._act = ACTIVATIONS[activation]
+        out = int(y_train.max()) + 1 if self.classification else (1 if y_train.dim() == 1 else y_train.shape[1])
+        self.sizes = [x_train.shape[1]] + [hidden] * layers + [out]
+
+    def init_params(self, generator: torch.Generator) -> Params:
+        # nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        params = {}
+        for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+            bound = 1.0 / math.sqrt(fan_in)
+            params[f"layer{i}.weight"] = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
+            params[f"layer{i}.bias"] = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
+        return params
+
+    def forward(self, params: Params, x: Tensor) -> Tensor:
+        """Outputs for ``x`` of shape (n, d), or (B, n, d) with every parameter stacked (B, ...)."""
+        n = len(self.sizes) - 1
+        for i in range(n):
+            w, b = params[f"layer{i}.weight"], params[f"layer{i}.bias"]
+            x = torch.matmul(x, w.transpose(-1, -2)) + b.unsqueeze(-2)
+            if i < n - 1:
+                x = self._act(x)
+        return x
+
+    def per_task_loss(self, params: Params, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Losses of ``B`` stacked instances: params (B, ...), x (B, n, d), y (B, n) -> (B,)."""
+        x, y = batch
+        out = self.forward(params, x)
+        if self.classification:
+            per_example = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
+            return per_example.reshape(y.shape).mean(dim=-1)
+        return (out.reshape(y.shape) - y).square().reshape(y.shape[0], -1).mean(dim=-1)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "hidden": self.hidden, "layers": self.layers, "activation": self.activation}
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One point of the family: everything that fixes an architecture and a problem type."""
+
+    dataset: str
+    hidden: int
+    layers: int
+    activation: str
+    batch_size: int | None
+    horizon: int
+    in_dim: int = 0
+    n_classes: int = 0
+
+
+def _classification_data(seed: int, in_dim: int, n_classes: int, n: int = 600):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n_classes, in_dim, generator=g) * 1.5
+    y = torch.randint(0, n_classes, (2 * n,), generator=g)
+    x = centers[y] + torch.randn(2 * n, in_dim, generator=g)
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def _regression_data(seed: int, in_dim: int, n: int = 600):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2 * n, in_dim, generator=g)
+    w1 = torch.randn(in_dim, 16, generator=g) / math.sqrt(in_dim)
+    w2 = torch.randn(16, generator=g) / 2.0
+    y = torch.tanh(x @ w1) @ w2 + 0.1 * torch.randn(2 * n, generator=g)
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def _quadratic_data(seed: int, dim: int):
+    # f(theta) = mean((A theta + b - y)^2): a random convex quadratic, full batch.
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(2 * dim, dim, generator=g)
+    y = torch.randn(2 * dim, generator=g)
+    return a, y, a, y
+
+
+def build_task(config: TaskConfig, data_seed: int) -> MLPTask:
+    """The task of ``config`` with data drawn from ``data_seed`` (digits: the fixed split)."""
+    if config.dataset == "digits":
+        from l2o.data.digits import load_digits_split
+
+        arrays = load_digits_split(seed=0)
+    elif config.dataset == "classification":
+        arrays = _classification_data(data_seed, config.in_dim, config.n_classes)
+    elif config.dataset == "regression":
+        arrays = _regression_data(data_seed, config.in_dim)
+    elif config.dataset == "quadratic":
+        arrays = _quadratic_data(data_seed, config.in_dim)
+    else:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {config.dataset!r}")
+    return MLPTask(*arrays, hidden=config.hidden, layers=config.layers, activation=config.activation,
+                   batch_size=config.batch_size, steps=config.horizon, name=f"{config.dataset}_mlp")
+
+
+class GeneralFamily(TaskFamily):
+    """Small MLP problems over data sets, widths, depths, activations, batch sizes, horizons.
+
+    Args:
+        datasets: which problem types to draw from (see ``DATASETS``).
+        widths, depths, activations, batch_sizes: choices drawn uniformly.
+        horizon: (low, high) training budget, drawn log-uniformly.
+    """
+
+    name = "general"
+
+    def __init__(self, datasets=DATASETS, widths=(16, 32, 64), depths=(1, 2),
+                 activations=("sigmoid", "tanh", "relu"), batch_sizes=(32, 64, 128), horizon=(100, 1000)):
+        bad = [d for d in datasets if d not in DATASETS]
+        if bad or not datasets:
+            raise ValueError(f"datasets must be a non-empty subset of {DATASETS}, got {list(datasets)}")
+        bad = [a for a in activations if a not in ACTIVATIONS]
+        if bad or not activations:
+            raise ValueError(f"activations must be a non-empty subset of {sorted(ACTIVATIONS)}, got {list(activations)}")
+        if not (1 <= horizon[0] <= horizon[1]):
+            raise ValueError(f"horizon must be (low, high) with 1 <= low <= high, got {horizon}")
+        self.datasets, self.widths, self.depths = tuple(datasets), tuple(widths), tuple(depths)
+        self.activations, self.batch_sizes, self.horizon = tuple(activations), tuple(batch_sizes), tuple(horizon)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "datasets": list(self.datasets), "widths": list(self.widths),
+                "depths": list(self.depths), "activations": list(self.activations),
+                "batch_sizes": list(self.batch_sizes), "horizon": list(self.horizon)}
+
+    def sample_config(self, generator: torch.Generator) -> TaskConfig:
+        def pick(options):
+            return options[int(torch.randint(0, len(options), (1,), generator=generator))]
+
+        dataset = pick(self.datasets)
+        lo, hi = math.log(self.horizon[0]), math.log(self.horizon[1])
+        horizon = int(round(math.exp(lo + (hi - lo) * float(torch.rand((), generator=generator)))))
+        hidden, layers, activation, batch = pick(self.widths), pick(self.depths), pick(self.activations), pick(self.batch_sizes)
+        if dataset == "quadratic":
+            return TaskConfig("quadratic", 1, 0, "relu", None, horizon, in_dim=pick((10, 20, 50)))
+        if dataset == "classification":
+            return TaskConfig(dataset, hidden, layers, activation, batch, horizon,
+                              in_dim=pick((8, 16, 32)), n_classes=pick((2, 5, 10)))
+        if dataset == "regression":
+            return TaskConfig(dataset, hidden, layers, activation, batch, horizon, in_dim=pick((8, 16, 32)))
+        return TaskConfig(dataset, hidden, layers, activation, batch, horizon)
+
+    def sample(self, generator: torch.Generator) -> MLPTask:
+        return build_task(self.sample_config(generator), seed_from(generator))
+
+    def sample_batch(self, generator: torch.Generator, size: int) -> list[MLPTask]:
+        """``size`` instances of one sampled architecture, each with its own data draw."""
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        config = self.sample_config(generator)
+        return [build_task(config, seed_from(generator)) for _ in range(size)]
+
+
+def config_dict(config: TaskConfig) -> dict[str, Any]:
+    return asdict(config)

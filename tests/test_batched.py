@@ -1,0 +1,89 @@
+"""Batched unrolls: stacked instances give the same losses and meta-gradients as a loop."""
+
+import pytest
+import torch
+
+from l2o.learned.mlp import MLPRule
+from l2o.meta.batched import batched_loss_fn, batched_unroll, start_episode, stack_batches, stack_dicts
+from l2o.tasks.digits import DigitsMLP
+from l2o.tasks.family import DATASETS, GeneralFamily, MLPTask, TaskConfig, build_task
+
+
+def _double(task):
+    task.x_train, task.x_test = task.x_train.double(), task.x_test.double()
+    if not task.classification:
+        task.y_train, task.y_test = task.y_train.double(), task.y_test.double()
+    return task
+
+
+@pytest.mark.parametrize("dataset", ["classification", "regression"])
+def test_batched_and_looped_meta_gradients_agree(dataset):
+    torch.manual_seed(0)
+    rule = MLPRule(hidden=8).double()
+    config = TaskConfig(dataset, hidden=8, layers=1, activation="tanh", batch_size=16, horizon=50, in_dim=8, n_classes=3)
+    tasks = [_double(build_task(config, seed)) for seed in (1, 2, 3)]
+    seeds = [11, 12, 13]
+    batched = batched_unroll(rule, start_episode(rule, tasks, seeds, 50, dtype=torch.float64), 4)
+    grads_batched = torch.autograd.grad(batched.meta_loss, list(rule.parameters()))
+    looped = [torch.zeros_like(g) for g in grads_batched]
+    losses = []
+    for task, seed in zip(tasks, seeds):
+        single = batched_unroll(rule, start_episode(rule, [task], [seed], 50, dtype=torch.float64), 4)
+        losses.append(single.losses)
+        for acc, g in zip(looped, torch.autograd.grad(single.meta_loss / len(tasks), list(rule.parameters()))):
+            acc += g
+    for a, b in zip(grads_batched, looped):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert any(float(g.abs().max()) > 1e-6 for g in grads_batched)  # the comparison is not 0 == 0
+    torch.testing.assert_close(torch.tensor(batched.losses, dtype=torch.float64),
+                               torch.tensor(losses, dtype=torch.float64).mean(0), rtol=1e-9, atol=1e-12)
+
+
+def test_vmap_fallback_matches_a_loop():
+    task = DigitsMLP(hidden=5, activation="relu", batch_size=8)
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    params = [task.init_params(g) for g in gens]
+    batches = [next(task.batches(g)) for g in gens]
+    batched = batched_loss_fn(task)(stack_dicts(params), stack_batches(batches))
+    looped = torch.stack([task.loss(p, b) for p, b in zip(params, batches)])
+    torch.testing.assert_close(batched, looped)
+
+
+def test_per_task_loss_matches_task_loss():
+    config = TaskConfig("classification", hidden=6, layers=2, activation="sigmoid", batch_size=10, horizon=5,
+                        in_dim=8, n_classes=5)
+    tasks = [build_task(config, s) for s in (4, 5)]
+    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    params = [t.init_params(g) for t, g in zip(tasks, gens)]
+    batches = [next(t.batches(g)) for t, g in zip(tasks, gens)]
+    stacked = tasks[0].per_task_loss(stack_dicts(params), stack_batches(batches))
+    torch.testing.assert_close(stacked, torch.stack([t.loss(p, b) for t, p, b in zip(tasks, params, batches)]))
+
+
+def test_family_covers_every_dataset_and_runs():
+    family = GeneralFamily(horizon=(5, 10))
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    rule = MLPRule(hidden=4)
+    for _ in range(40):
+        tasks = family.sample_batch(gen, 2)
+        seen.add(tasks[0].name)
+        assert all(isinstance(t, MLPTask) for t in tasks)
+        if len(seen) == len(DATASETS):
+            break
+    assert seen == {f"{d}_mlp" for d in DATASETS}
+    for dataset in DATASETS:
+        config = TaskConfig(dataset, 8, 1, "relu", 16 if dataset != "quadratic" else None, 5, in_dim=8, n_classes=3)
+        tasks = [build_task(config, s) for s in (0, 1)]
+        with torch.no_grad():
+            result = batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3)
+        assert result.finite and len(result.losses) == 3
+
+
+def test_family_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="datasets"):
+        GeneralFamily(datasets=("imagenet",))
+    with pytest.raises(ValueError, match="activations"):
+        GeneralFamily(activations=("gelu",))
+    with pytest.raises(ValueError, match="horizon"):
+        GeneralFamily(horizon=(10, 5))
