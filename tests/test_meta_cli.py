@@ -1,0 +1,122 @@
+"""`l2o meta train` / `l2o meta eval`: checkpoints, resume, NaN rollback, estimators, the table."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from l2o.cli import main
+from l2o.io import load_tensors
+from l2o.learned.mlp import MLPRule
+from l2o.learned.weights import load_rule
+from l2o.meta.general import GeneralConfig, GeneralTrainer
+from l2o.tasks.family import GeneralFamily
+
+TINY = ["--task", "regression", "--widths", "4", "--depths", "1", "--batch-sizes", "8", "--horizon", "10:20",
+        "--unroll", "5", "--batch", "2", "--groups", "1", "--hidden", "4", "--val-steps", "5", "--no-progress"]
+
+
+def test_train_writes_checkpoints_and_weights_then_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["meta", "train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--val-every", "2",
+                 "--out", str(out)]) == 0
+    for name in ("last.safetensors", "best.safetensors", "weights.safetensors", "weights.json", "best_weights.safetensors"):
+        assert (out / name).is_file(), name
+    _, meta = load_tensors(out / "last.safetensors")
+    assert meta["step"] == 4
+    card = json.loads((out / "weights.json").read_text())
+    assert card["rule"] == "mlp" and card["training"]["outer_steps"] == 4
+    assert isinstance(load_rule(out / "weights.safetensors"), MLPRule)
+    capsys.readouterr()
+    assert main(["meta", "train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--val-every", "0",
+                 "--out", str(out), "--resume"]) == 0
+    assert "resumed" in capsys.readouterr().err
+    _, meta = load_tensors(out / "last.safetensors")
+    assert meta["step"] == 6 and meta["summary"]["outer_steps"] == 6
+
+
+def _trainer(tmp_path, every=2, steps=6):
+    family = GeneralFamily(datasets=("regression",), widths=(4,), depths=(1,), batch_sizes=(8,), horizon=(10, 20))
+    config = GeneralConfig(outer_steps=steps, batch_size=2, groups=1, unroll=5, checkpoint_every=every, val_every=0)
+    return GeneralTrainer(MLPRule(hidden=4), family, config, directory=tmp_path / "ckpt")
+
+
+def test_interrupted_run_loses_at_most_one_checkpoint_interval(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, every=2, steps=8)
+    real_step = trainer._outer_step
+
+    def crash_at_5(step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_step(step)
+
+    monkeypatch.setattr(trainer, "_outer_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(progress_bar=False)
+    weights_at_4 = load_tensors(tmp_path / "ckpt" / "last.safetensors")
+    assert weights_at_4[1]["step"] == 4
+    resumed = _trainer(tmp_path, every=2, steps=8)
+    resumed.train(resume=True, progress_bar=False)
+    assert resumed.summary.outer_steps == 8
+    assert load_tensors(tmp_path / "ckpt" / "last.safetensors")[1]["step"] == 8
+
+
+def test_non_finite_meta_loss_rolls_back_and_says_so(tmp_path, monkeypatch, capsys):
+    trainer = _trainer(tmp_path, every=2, steps=6)
+    real_step = trainer._outer_step
+    calls = {"n": 0}
+
+    def nan_once_at_3(step):
+        calls["n"] += 1
+        if step == 3 and calls.setdefault("fired", 0) == 0:
+            calls["fired"] = 1
+            for p in trainer.rule.parameters():  # poison the weights, as a real blow-up would
+                p.data.fill_(float("nan"))
+            return math.nan, 0
+        return real_step(step)
+
+    monkeypatch.setattr(trainer, "_outer_step", nan_once_at_3)
+    summary = trainer.train(progress_bar=False)
+    err = capsys.readouterr().err
+    assert "rolled back to the checkpoint of step 2" in err
+    assert summary.rollbacks == 1 and summary.outer_steps == 6
+    assert all(torch.isfinite(p).all() for p in trainer.rule.parameters())
+
+
+@pytest.mark.parametrize("estimator", ["es", "pes"])
+def test_evolution_strategies_estimators_train(tmp_path, estimator):
+    out = tmp_path / estimator
+    assert main(["meta", "train", *TINY, "--estimator", estimator, "--pairs", "2", "--steps", "3",
+                 "--curriculum", "2:2", "--val-every", "0", "--out", str(out)]) == 0
+    rule = load_rule(out / "weights.safetensors")
+    assert all(torch.isfinite(p).all() for p in rule.parameters())
+
+
+def test_lstm_rule_trains_with_the_batched_trainer(tmp_path):
+    out = tmp_path / "lstm"
+    assert main(["meta", "train", *TINY, "--optimizer", "lstm", "--steps", "2", "--val-every", "0",
+                 "--out", str(out)]) == 0
+    assert load_rule(out / "weights.safetensors").kind == "lstm"
+
+
+def test_eval_prints_a_table_against_tuned_adam(tmp_path, capsys):
+    rule = MLPRule(hidden=4)
+    from l2o.learned.weights import save_rule
+
+    path = save_rule(tmp_path / "w.safetensors", rule)
+    out_json = tmp_path / "eval.json"
+    assert main(["meta", "eval", "--weights", str(path), "--task", "quadratic", "--steps", "5,10", "--seeds", "2",
+                 "--tune-seeds", "1", "--adam-grid", "0.01,0.1", "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "adam lr=" in text and "mlp-learned" in text
+    results = json.loads(out_json.read_text())
+    assert set(results["budgets"]) == {"5", "10"}
+    assert results["budgets"]["5"]["adam_lr"] in (0.01, 0.1)
+
+
+def test_bad_cli_arguments_give_clear_errors(tmp_path, capsys):
+    assert main(["meta", "eval", "--weights", "no-such-weights", "--task", "quadratic"]) == 2
+    assert "no-such-weights" in capsys.readouterr().err
+    assert main(["meta", "train", *TINY, "--curriculum", "50:10", "--steps", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "curriculum_start" in capsys.readouterr().err
