@@ -87,3 +87,14 @@ def test_family_rejects_bad_arguments():
         GeneralFamily(activations=("gelu",))
     with pytest.raises(ValueError, match="horizon"):
         GeneralFamily(horizon=(10, 5))
+
+
+def test_shared_data_gather_draws_the_same_minibatches_as_each_task():
+    config = TaskConfig("digits", hidden=4, layers=1, activation="relu", batch_size=16, horizon=5)
+    tasks = [build_task(config, s) for s in range(3)]
+    rule = MLPRule(hidden=4)
+    episode = start_episode(rule, tasks, [7, 8, 9], 5)
+    reference = episode.clone()
+    x, y = episode.next_batch()  # the one-gather path (all tasks share the digits tensors)
+    expected = stack_batches([next(s) for s in reference.streams])
+    assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])

@@ -137,7 +137,8 @@ def _train(args) -> int:
     best = trainer.checkpointer.load_best()
     card = {"training": {"family": family.describe(), "config": vars(config) if hasattr(config, "__dict__") else {},
                          "outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
-                         "meta_train_seconds": round(summary.seconds, 1), "threads": torch.get_num_threads(),
+                         "meta_train_seconds": round(summary.seconds, 1),
+                         "meta_train_cpu_seconds": round(summary.cpu_seconds, 1), "threads": torch.get_num_threads(),
                          "rollbacks": summary.rollbacks,
                          "best_val_log_loss_ratio": None if math.isinf(summary.best_val) else summary.best_val,
                          "command": "l2o " + " ".join(sys.argv[1:]) if sys.argv and "meta" in sys.argv else None}}
@@ -152,7 +153,8 @@ def _train(args) -> int:
         save_rule(f"{args.out}/best_weights.safetensors", best_rule, {**card, "selected": "best validation"})
         print(f"best-on-validation weights: {args.out}/best_weights.safetensors")
     print(json.dumps({"outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
-                      "seconds": round(summary.seconds, 1), "wall_seconds": round(wall, 1),
+                      "seconds": round(summary.seconds, 1), "cpu_seconds": round(summary.cpu_seconds, 1),
+                      "wall_seconds": round(wall, 1),
                       "inner_steps_per_second": round(summary.inner_steps_per_second, 1),
                       "rollbacks": summary.rollbacks, "best_val": summary.best_val}))
     return 0

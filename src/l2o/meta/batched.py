@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from l2o.learned.base import LearnedRule, ParamDict, StateDict
-from l2o.tasks.base import Task
+from l2o.tasks.base import SupervisedTask, Task
 
 #: log-ratio clamp: a loss 1e4 times its initial value counts as diverged.
 MAX_LOG_RATIO = 9.2
@@ -79,6 +79,12 @@ class BatchedEpisode:
         return self.step >= self.horizon
 
     def next_batch(self) -> Any:
+        shared = _shared_minibatch_data(self.tasks)
+        if shared is not None:
+            # Same draws as SupervisedTask.batches, but one gather for the whole batch of tasks.
+            x, y, n, size = shared
+            idx = torch.stack([torch.randint(0, n, (size,), generator=g) for g in self.generators])
+            return x[idx], y[idx]
         return stack_batches([next(s) for s in self.streams])
 
     def clone(self) -> BatchedEpisode:
@@ -90,6 +96,22 @@ class BatchedEpisode:
             gens.append(h)
         return BatchedEpisode(self.tasks, dict(self.params), {k: dict(v) for k, v in self.state.items()}, self.step,
                               self.horizon, self.initial_loss, gens, [t.batches(h) for t, h in zip(self.tasks, gens)])
+
+
+def _shared_minibatch_data(tasks: list[Task]):
+    """(x, y, n, batch_size) when every task draws minibatches the SupervisedTask way from the
+    very same training tensors (e.g. digits instances), else None."""
+    first = tasks[0]
+    if not isinstance(first, SupervisedTask) or type(first).batches is not SupervisedTask.batches:
+        return None
+    size, n = first.batch_size, first.x_train.shape[0]
+    if size is None or size >= n:
+        return None
+    for t in tasks[1:]:
+        if (type(t).batches is not SupervisedTask.batches or t.x_train is not first.x_train
+                or t.y_train is not first.y_train or t.batch_size != size):
+            return None
+    return first.x_train, first.y_train, n, size
 
 
 def start_episode(rule: LearnedRule, tasks: list[Task], seeds: list[int], horizon: int,

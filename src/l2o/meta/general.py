@@ -107,11 +107,13 @@ class GeneralConfig:
 
 @dataclass
 class GeneralSummary:
-    """What a run did: outer steps, inner steps (instances x updates), seconds, rollbacks, history."""
+    """What a run did: outer steps, inner steps (instances x updates), wall and CPU seconds of
+    the outer steps, rollbacks, history."""
 
     outer_steps: int = 0
     inner_steps: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     rollbacks: int = 0
     best_val: float = math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -256,7 +258,7 @@ class GeneralTrainer:
         generator_from_tensor(tensors["gen/sampler"], self.sampler)
         generator_from_tensor(tensors["gen/noise"], self.noise)
         saved = meta.get("summary", {})
-        for key in ("outer_steps", "inner_steps", "seconds", "best_val"):
+        for key in ("outer_steps", "inner_steps", "seconds", "cpu_seconds", "best_val"):
             if key in saved:
                 setattr(self.summary, key, saved[key])
         self.groups = [None] * self.config.groups  # episodes in flight restart
@@ -285,9 +287,10 @@ class GeneralTrainer:
         step = start
         window: list[float] = []
         while step < cfg.outer_steps:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             value, inner = self._outer_step(step)
             self.summary.seconds += time.perf_counter() - t0
+            self.summary.cpu_seconds += time.process_time() - c0
             if not math.isfinite(value):
                 self.summary.rollbacks += 1
                 if self.summary.rollbacks > cfg.max_rollbacks:

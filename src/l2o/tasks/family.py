@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -126,12 +127,18 @@ def _quadratic_data(seed: int, dim: int):
     return a, y, a, y
 
 
+@lru_cache(maxsize=1)
+def _digits_arrays():
+    # One copy shared by every digits instance (batched unrolls then gather minibatches at once).
+    from l2o.data.digits import load_digits_split
+
+    return load_digits_split(seed=0)
+
+
 def build_task(config: TaskConfig, data_seed: int) -> MLPTask:
     """The task of ``config`` with data drawn from ``data_seed`` (digits: the fixed split)."""
     if config.dataset == "digits":
-        from l2o.data.digits import load_digits_split
-
-        arrays = load_digits_split(seed=0)
+        arrays = _digits_arrays()
     elif config.dataset == "classification":
         arrays = _classification_data(data_seed, config.in_dim, config.n_classes)
     elif config.dataset == "regression":

@@ -1,0 +1,187 @@
+"""Speed and memory of the MLP learned optimizer, as ratios to baselines measured in the same run.
+
+1. Meta-training throughput: inner steps per second of truncated-BPTT meta-training (forward,
+   optimizee gradient, rule update, and the meta-gradient's backward pass) for a batch of 8
+   digits-MLP instances advanced together (stacked parameters, one rule call per step), against
+   the same work done one instance at a time in a Python loop. Ratio = batched / looped.
+2. Deployed step time: ``optimizer.step()`` of ``LearnedOptimizer`` running the MLP rule, and the
+   LSTM rule beside it, on a model of about one million parameters, divided by
+   ``torch.optim.Adam()`` (default settings) on the same model. The optimizers are timed in
+   interleaved rounds (each once per round) so that load from other processes hits them alike;
+   medians are kept.
+3. Peak memory of meta-training: the peak resident set size of a fresh process that runs
+   batched meta-training (batch 8, unroll 20), next to the same process's RSS just before
+   training starts.
+
+Everything runs single-threaded. Usage::
+
+    python benchmarks/mlp_lopt.py                  # writes benchmarks/results/mlp_lopt.json
+    python benchmarks/mlp_lopt.py --rounds 3 --out /tmp/quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+MEMORY_PROBE = r"""
+import resource, sys, torch
+
+def peak_kib():
+    # VmHWM belongs to this process image (ru_maxrss would inherit the parent's peak across exec).
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+torch.set_num_threads(1)
+from l2o.learned.mlp import MLPRule
+from l2o.meta.general import GeneralConfig, GeneralTrainer
+from l2o.tasks.family import GeneralFamily
+family = GeneralFamily(datasets=("digits",), widths=(20,), depths=(1,), activations=("relu",), batch_sizes=(128,),
+                       horizon=(200, 200))
+trainer = GeneralTrainer(MLPRule(), family, GeneralConfig(outer_steps=int(sys.argv[1]), batch_size=8, groups=1,
+                         unroll=20, val_every=0), directory=None, log=False)
+trainer._outer_step(0)
+before = peak_kib()
+trainer.train(progress_bar=False)
+after = peak_kib()
+print(before, after)
+"""
+
+
+def digits_tasks(count: int):
+    from l2o.tasks.family import TaskConfig, build_task
+
+    config = TaskConfig("digits", hidden=20, layers=1, activation="relu", batch_size=128, horizon=10**6)
+    return [build_task(config, seed) for seed in range(count)]
+
+
+def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int) -> dict:
+    """Inner steps per second: batched vs looped, interleaved rounds, medians."""
+    from l2o.learned.mlp import MLPRule
+    from l2o.meta.batched import batched_unroll, start_episode
+
+    rule = MLPRule()
+    tasks = digits_tasks(batch)
+
+    def batched():
+        episode = start_episode(rule, tasks, list(range(batch)), 10**6)
+        start = time.perf_counter()
+        for _ in range(truncations):
+            batched_unroll(rule, episode, unroll).meta_loss.backward()
+        return batch * unroll * truncations / (time.perf_counter() - start)
+
+    def looped():
+        episodes = [start_episode(rule, [t], [i], 10**6) for i, t in enumerate(tasks)]
+        start = time.perf_counter()
+        for _ in range(truncations):
+            for episode in episodes:
+                batched_unroll(rule, episode, unroll).meta_loss.backward()
+        return batch * unroll * truncations / (time.perf_counter() - start)
+
+    batched(), looped()  # warm up
+    results = {"batched": [], "looped": []}
+    for _ in range(rounds):
+        results["batched"].append(batched())
+        results["looped"].append(looped())
+    b, lo = statistics.median(results["batched"]), statistics.median(results["looped"])
+    return {"batch": batch, "unroll": unroll, "truncations_per_round": truncations, "rounds": rounds,
+            "batched_inner_steps_per_s": round(b, 1), "looped_inner_steps_per_s": round(lo, 1),
+            "speedup": round(b / lo, 2)}
+
+
+def one_million_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(1024, 768), torch.nn.ReLU(), torch.nn.Linear(768, 256),
+                               torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+def step_times(rounds: int, steps: int) -> dict:
+    from l2o.learned.lstm import LSTMRule
+    from l2o.learned.mlp import MLPRule
+    from l2o.learned.optimizer import LearnedOptimizer
+
+    def mlp_rule():
+        from l2o.learned.weights import PRETRAINED
+
+        return PRETRAINED.load("mlp-general") if "mlp-general" in PRETRAINED else MLPRule()
+
+    factories = {
+        "adam (default)": lambda ps: torch.optim.Adam(ps),
+        "mlp learned optimizer": lambda ps: LearnedOptimizer(ps, rule=mlp_rule()),
+        "lstm learned optimizer": lambda ps: LearnedOptimizer(ps, rule=LSTMRule()),
+    }
+    setups = {}
+    n_params = 0
+    for name, factory in factories.items():
+        model = one_million_model()
+        n_params = sum(p.numel() for p in model.parameters())
+        gen = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+        opt = factory(model.parameters())
+        opt.step()  # state allocation outside the timing
+        setups[name] = opt
+    times = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, opt in setups.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                opt.step()
+            times[name].append((time.perf_counter() - start) / steps)
+    adam = statistics.median(times["adam (default)"])
+    return {"parameters": n_params, "rounds": rounds, "steps_per_round": steps,
+            "seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
+            "ratio_to_adam": {k: round(statistics.median(v) / adam, 2) for k, v in times.items()}}
+
+
+def peak_memory(outer_steps: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(outer_steps)], capture_output=True, text=True,
+                         check=True)
+    before, after = (int(x) for x in out.stdout.split())
+    scale = 1024 if sys.platform != "darwin" else 1  # KiB on Linux, bytes on macOS
+    return {"outer_steps": outer_steps, "batch": 8, "unroll": 20,
+            "peak_rss_mib_before_training": round(before * scale / 2**20, 1),
+            "peak_rss_mib_after_training": round(after * scale / 2**20, 1)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--truncations", type=int, default=3, help="truncations per throughput measurement")
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per step-time measurement")
+    parser.add_argument("--memory-steps", type=int, default=20)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mlp_lopt.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    result = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+              "threads": 1}
+    print("peak memory ...", file=sys.stderr)
+    result["meta_training_memory"] = peak_memory(args.memory_steps)
+    print("meta-training throughput ...", file=sys.stderr)
+    result["meta_training_throughput"] = meta_throughput(8, 20, args.truncations, args.rounds)
+    print(json.dumps(result["meta_training_throughput"]), file=sys.stderr)
+    print("deployed step time ...", file=sys.stderr)
+    result["step_time_1m"] = step_times(args.rounds, args.steps)
+    print(json.dumps(result["step_time_1m"]), file=sys.stderr)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
