@@ -83,11 +83,11 @@ class L2LConfig:
     seeds: int = 10
     tune_seeds: int = 3
     lr_grid: tuple[float, ...] = _half_decades(-4, 1)
-    digits_outer_steps: int = 1500
+    digits_outer_steps: int = 2000
     quadratic_outer_steps: int = 500
     unroll: int = 20
     horizon: int = 100
-    meta_lr: float = 1e-3
+    meta_lr: float = 1e-2
     preprocess_p: float = 10.0
     output_scale: float = 0.1
     val_every: int = 100

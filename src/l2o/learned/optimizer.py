@@ -94,5 +94,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 p.copy_(new_params[key])
             else:
                 p.add_(new_params[key] - p, alpha=lr)
-            self.state[p].update(new_states[key])
+            # A new dict (not update in place): a state_dict() taken earlier stays a snapshot.
+            self.state[p] = dict(new_states[key])
         return loss
