@@ -77,12 +77,12 @@ def test_registry_lists_and_creates(case):
     assert isinstance(optimizer, torch.optim.Optimizer)
 
 
-@pytest.mark.parametrize("variant", range(4))
-def test_foreach_matches_loop_float64(case, variant):
-    settings = ([{}] + case.variants)
-    if variant >= len(settings):
-        pytest.skip(f"{case.name} declares {len(settings) - 1} variants")
-    overrides = settings[variant]
+VARIANTS = [pytest.param(case, overrides, id=f"{case.name}-{index}")
+            for case in CASES for index, overrides in enumerate([{}] + case.variants)]
+
+
+@pytest.mark.parametrize(("case", "overrides"), VARIANTS)
+def test_foreach_matches_loop_float64(case, overrides):
     results = {}
     for foreach in (False, True):
         params = model_params()
