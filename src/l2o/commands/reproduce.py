@@ -55,8 +55,11 @@ def _run(args: argparse.Namespace) -> int:
         config = replace(config, digits_outer_steps=args.meta_steps)
     digits_weights, quadratic_weights = args.weights, args.quadratic_weights
     if args.no_train:
-        digits_weights = digits_weights or PRETRAINED.path("l2l-digits")
-        quadratic_weights = quadratic_weights or PRETRAINED.path("l2l-quadratic")
+        kinds = {l2l.SETTINGS[s][1] for s in config.settings}
+        if "digits" in kinds:
+            digits_weights = digits_weights or PRETRAINED.path("l2l-digits")
+        if "quadratic" in kinds:
+            quadratic_weights = quadratic_weights or PRETRAINED.path("l2l-quadratic")
     out = args.out or f"l2o-report/{args.experiment}"
     command = _command_line(args)
     paths = l2l.run(out, config, resume=args.resume, digits_weights=digits_weights,
