@@ -3,7 +3,7 @@
 Asynchronous training applies gradients computed at parameters that are ``tau`` steps old,
 which adds momentum of its own (Mitliagkas et al., 2016): the *total* momentum of the
 trajectory exceeds the momentum the optimizer applies. Closed-loop YellowFin (Zhang &
-Mitliagkas, section 4) measures the total momentum from the trajectory and lowers the applied
+Mitliagkas) measures the total momentum from the trajectory and lowers the applied
 momentum until the total matches the tuned target.
 
 This script simulates the staleness exactly: a noisy quadratic (50 coordinates, curvatures
