@@ -298,22 +298,39 @@ class YellowFin(L2OOptimizer):
         slot_s = (tuner["yf_step"] - 1 - staleness) % history
         slot_prev = (tuner["yf_step"] - 2 - staleness) % history
         alpha_s = sizes[0]  # the step size in force when x_{s+1} - x_s was taken
-        numerators, denominators = [], []
-        for p, g in zip(params, grads):
-            d = self.state[p]["displacements"]
-            numerators.append((d[slot_s] + alpha_s * g).reshape(-1))
-            denominators.append(d[slot_prev].reshape(-1))
-        numerator, denominator = torch.cat(numerators), torch.cat(denominators)
-        usable = denominator.abs() > torch.finfo(denominator.dtype).tiny
-        if not bool(usable.any()):
-            return
-        total = float(torch.median(numerator[usable] / denominator[usable]))
-        if not math.isfinite(total):
+        displacement = torch.cat([self.state[p]["displacements"][slot_s].reshape(-1) for p in params])
+        previous = torch.cat([self.state[p]["displacements"][slot_prev].reshape(-1) for p in params])
+        total = measure_total_momentum(displacement, previous, torch.cat([g.reshape(-1) for g in grads]), alpha_s)
+        if total is None:
             return
         tuner["yf_total_momentum"] = total
         corrected = tuner["yf_applied_momentum"] + group["feedback_gain"] * (tuner["yf_momentum"] - total)
         # Keep the applied momentum where the heavy-ball update is defined and stable.
         tuner["yf_applied_momentum"] = min(max(corrected, -0.999), 0.999)
+
+
+def measure_total_momentum(displacement: torch.Tensor, previous_displacement: torch.Tensor, grad: torch.Tensor,
+                           step_size: float) -> float | None:
+    """The total momentum seen in a trajectory (YellowFin's closed-loop measurement).
+
+    Fits ``x_{s+1} - x_s = mu_T (x_s - x_{s-1}) - step_size * grad(x_s)`` coordinatewise and
+    returns the median of ``(x_{s+1} - x_s + step_size * grad(x_s)) / (x_s - x_{s-1})`` over the
+    coordinates whose previous displacement is not zero; None if there is none (or the median
+    is not finite). With fresh gradients it returns the applied momentum; with gradients that
+    are ``tau`` steps old it also sees the momentum that the staleness adds.
+
+    Args:
+        displacement: ``x_{s+1} - x_s``, flattened.
+        previous_displacement: ``x_s - x_{s-1}``, flattened.
+        grad: the gradient evaluated at ``x_s``, flattened.
+        step_size: the learning rate in force at step ``s``.
+    """
+    usable = previous_displacement.abs() > torch.finfo(previous_displacement.dtype).tiny
+    if not bool(usable.any()):
+        return None
+    ratios = (displacement[usable] + step_size * grad[usable]) / previous_displacement[usable]
+    total = float(torch.median(ratios))
+    return total if math.isfinite(total) else None
 
 
 def _sq_norm(tensors: list[torch.Tensor], foreach: bool) -> float:
