@@ -150,7 +150,8 @@ def _train(args) -> int:
 
         best_rule = type(rule)(**rule.config())
         best_rule.load_state_dict(unprefixed("rule/", best[0]))
-        save_rule(f"{args.out}/best_weights.safetensors", best_rule, {**card, "selected": "best validation"})
+        selected = {"selected": "best validation", "selected_at_outer_step": best[1].get("summary", {}).get("outer_steps")}
+        save_rule(f"{args.out}/best_weights.safetensors", best_rule, {**card, **selected})
         print(f"best-on-validation weights: {args.out}/best_weights.safetensors")
     print(json.dumps({"outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
                       "seconds": round(summary.seconds, 1), "cpu_seconds": round(summary.cpu_seconds, 1),
