@@ -105,6 +105,7 @@ def _train(args) -> int:
     import json
     import math
     import time
+    from dataclasses import asdict
 
     import torch
 
@@ -135,13 +136,13 @@ def _train(args) -> int:
     summary = trainer.train(resume=args.resume, progress_bar=not args.no_progress)
     wall = time.time() - wall
     best = trainer.checkpointer.load_best()
-    card = {"training": {"family": family.describe(), "config": vars(config) if hasattr(config, "__dict__") else {},
+    card = {"training": {"family": family.describe(), "config": asdict(config),
                          "outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
                          "meta_train_seconds": round(summary.seconds, 1),
                          "meta_train_cpu_seconds": round(summary.cpu_seconds, 1), "threads": torch.get_num_threads(),
                          "rollbacks": summary.rollbacks,
                          "best_val_log_loss_ratio": None if math.isinf(summary.best_val) else summary.best_val,
-                         "command": "l2o " + " ".join(sys.argv[1:]) if sys.argv and "meta" in sys.argv else None}}
+                         "command": ("l2o " + " ".join(sys.argv[1:])) if "meta" in sys.argv[1:2] else None}}
     final = f"{args.out}/weights.safetensors"
     save_rule(final, rule, card)
     print(f"final weights: {final}")

@@ -47,14 +47,20 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "sem": sem, "diverged": len(values) - len(finite)}
 
 
-def tune_adam(task, steps: int, grid: list[float], tune_seeds: int) -> tuple[float, dict[str, float]]:
-    """Adam learning rate from ``grid`` with the lowest mean final training loss on tuning seeds."""
+def tune_adam(task, steps: int, grid: list[float], tune_seeds: int, on_run=None) -> tuple[float, dict[str, float]]:
+    """Adam learning rate from ``grid`` with the lowest mean final training loss on tuning seeds.
+
+    ``on_run`` (optional) is called after each tuning run (progress bars).
+    """
     from l2o.train import train
 
     scores = {}
     for lr in grid:
-        runs = [train(task, lambda ps, lr=lr: torch.optim.Adam(ps, lr=lr), steps=steps, seed=TUNE_SEED_OFFSET + s)
-                for s in range(tune_seeds)]
+        runs = []
+        for s in range(tune_seeds):
+            runs.append(train(task, lambda ps, lr=lr: torch.optim.Adam(ps, lr=lr), steps=steps, seed=TUNE_SEED_OFFSET + s))
+            if on_run is not None:
+                on_run()
         values = [_final(r, "train") for r in runs]
         scores[str(lr)] = statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf
     best = min(grid, key=lambda lr: scores[str(lr)])
@@ -85,8 +91,7 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
     bar = tqdm(total=len(budgets) * (len(grid) * tune_seeds + 2 * seeds), desc="eval", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     for steps in budgets:
-        lr, scores = tune_adam(task, steps, grid, tune_seeds)
-        bar.update(len(grid) * tune_seeds)
+        lr, scores = tune_adam(task, steps, grid, tune_seeds, on_run=lambda: bar.update(1))
         rows = {}
         for label, factory in (("learned", lambda ps: LearnedOptimizer(ps, rule=rule)),
                                ("adam", lambda ps: torch.optim.Adam(ps, lr=lr))):
