@@ -140,7 +140,7 @@ class MLPRule(LearnedRule):
 
     #: tensors larger than this take the chunked path when no gradient is being recorded.
     fast_threshold: int = 65536
-    fast_chunk: int = 16384
+    fast_chunk: int = 65536
 
     def _update_tensor_fast(self, p: Tensor, g: Tensor, st: dict[str, Tensor]):
         """The same step as :meth:`_update_tensor` (deployment, no autograd), computed in chunks of
@@ -173,14 +173,27 @@ class MLPRule(LearnedRule):
             torch.mul(m[:, lo:hi], r, out=f[4 + nb:])
             return f
 
+        # Pass 1: accumulators, and each feature's sum of squares without building the features:
+        # (sqrt v)^2 = v, (g r)^2 = g^2 / (v + eps), (m r)^2 = m^2 / (v + eps).
         sumsq = torch.zeros(nf, dtype=torch.float64, device=p.device)
+        inv = torch.empty(chunk, dtype=dtype, device=p.device)
+        tmp = torch.empty(chunk, dtype=dtype, device=p.device)
+        msq = torch.empty(nb, chunk, dtype=dtype, device=p.device)
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
-            gc = gf[lo:hi]
-            torch.mul(m_old[:, lo:hi], beta, out=m[:, lo:hi]).addcmul_(one_minus_beta, gc.unsqueeze(0))
-            torch.mul(v_old[lo:hi], self.rms_beta, out=v[lo:hi]).addcmul_(gc, gc, value=1.0 - self.rms_beta)
-            f = features(lo, hi)
-            sumsq += torch.linalg.vector_norm(f, dim=1).double().square()
+            c = hi - lo
+            gc, pc, vc, mc = gf[lo:hi], pf[lo:hi], v[lo:hi], m[:, lo:hi]
+            torch.mul(m_old[:, lo:hi], beta, out=mc).addcmul_(one_minus_beta, gc.unsqueeze(0))
+            torch.mul(v_old[lo:hi], self.rms_beta, out=vc).addcmul_(gc, gc, value=1.0 - self.rms_beta)
+            torch.add(vc, self.eps, out=inv[:c]).reciprocal_()
+            torch.mul(mc, mc, out=msq[:, :c])
+            torch.mul(gc, inv[:c], out=tmp[:c])
+            parts = torch.stack([torch.dot(gc, gc), vc.sum(), torch.dot(pc, pc), torch.dot(tmp[:c], gc)])
+            sumsq[0] += parts[0]
+            sumsq[1:1 + nb] += msq[:, :c].sum(dim=1)
+            sumsq[1 + nb:3 + nb] += parts[1:3]
+            sumsq[3 + nb] += parts[3]
+            sumsq[4 + nb:] += torch.mv(msq[:, :c], inv[:c])
         scale = torch.rsqrt((sumsq / n).to(dtype) + self.eps)
         w_in = self.coord_in.weight * scale.unsqueeze(0)
         bias = (self.coord_in.bias + self.global_in(progress_features(step, self.timescales.to(dtype)))).unsqueeze(1)
