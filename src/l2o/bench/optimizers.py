@@ -142,7 +142,7 @@ def resolve(name: str) -> OptimizerSpec:
         return OptimizerSpec(key, "learned", tunable=False)
     if key.startswith("learned:"):
         raise ValueError(f"unknown learned optimizer {key!r}. Shipped: {', '.join(learned) or '(none)'}")
-    if "." in key:
+    if "." in key or ":" in key:
         import_class(key)  # fail now, with the reason, rather than inside a worker
         return OptimizerSpec(key, "class", tunable=True)
     known = sorted(BUILTINS) + l2o_names + learned

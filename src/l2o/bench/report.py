@@ -27,7 +27,13 @@ from l2o.bench import metrics
 from l2o.bench.optimizers import BUILTINS
 from l2o.bench.store import ResultsStore, canonical_json
 
-SMOOTH_WINDOW = 10
+MIN_SMOOTH_WINDOW = 10
+
+
+def smooth_window(steps: int) -> int:
+    """Moving-average window for training curves: a tenth of the budget, at least 10 steps, so
+    minibatch noise does not decide when a target is reached."""
+    return max(MIN_SMOOTH_WINDOW, int(steps) // 10)
 
 
 def _metric_of(task_id: str) -> str:
@@ -61,10 +67,11 @@ def collect(store: ResultsStore) -> dict[str, Any]:
                 if canonical_json(r["hparams"]) == hp and r["seed"] in sel["final_seeds"] and r["steps"] == sel["steps"]]
         finished = [r for r in rows if r["status"] in ("complete", "diverged")]
         complete = [r for r in rows if r["status"] == "complete"]
-        train_curves, test_curves = [], []
+        train_curves, plot_curves, test_curves = [], [], []
         for r in complete:
             curves = store.curves(r["id"])
-            train_curves.append(metrics.smooth(curves["train_loss"][1], SMOOTH_WINDOW))
+            train_curves.append(metrics.smooth(curves["train_loss"][1], smooth_window(sel["steps"])))
+            plot_curves.append(metrics.smooth(curves["train_loss"][1], MIN_SMOOTH_WINDOW))
             if "test_loss" in curves:
                 test_curves.append((curves["test_loss"][0], curves["test_loss"][1]))
         tune_rows = [r for r in store.runs(task=task, optimizer=opt) if r["seed"] in sel["tune_seeds"]
@@ -79,7 +86,7 @@ def collect(store: ResultsStore) -> dict[str, Any]:
                                                for r in rows]),
             "final_train_smoothed": [float(c[-1]) for c in train_curves if len(c)],
             "seconds_per_step": [r["seconds_per_step"] for r in complete if r["seconds_per_step"]],
-            "train_curves": train_curves, "test_curves": test_curves,
+            "train_curves": train_curves, "plot_curves": plot_curves, "test_curves": test_curves,
             "tuning": [(r["hparams"], r["seed"], r["selection_loss"] if r["status"] == "complete" else None)
                        for r in tune_rows],
             "steps": sel["steps"],
@@ -132,7 +139,7 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
              f"Results file: `{db_path}` ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))} runs). "
              "Mean ± std over the final seeds; diverged seeds are counted, not averaged. "
              f"Steps to target: median over the seeds that reach the target (the median final training loss, "
-             f"smoothed over {SMOOTH_WINDOW} steps, of the best baseline). Speedup: steps tuned Adam needs to "
+             "smoothed over a trailing tenth of the budget (at least 10 steps), of the best baseline). Speedup: steps tuned Adam needs to "
              "reach the optimizer's final training loss, over its budget (≥: Adam never gets there). "
              "Hyperparameters were chosen on validation/training loss, never on test numbers.", ""]
     summary_json: dict[str, Any] = {}
@@ -222,7 +229,7 @@ def _plot_curves(results, out: Path, kind: str) -> None:
         positive = True
         for opt, s in sorted(results[task].items()):
             if kind == "train":
-                curves = s["train_curves"]
+                curves = s["plot_curves"]
                 if not curves:
                     continue
                 length = min(len(c) for c in curves)
@@ -242,11 +249,11 @@ def _plot_curves(results, out: Path, kind: str) -> None:
         if positive and ax.lines:
             lo = min(line.get_ydata().min() for line in ax.lines)
             hi = max(line.get_ydata().max() for line in ax.lines)
-            if lo > 0 and hi / lo > 20:
+            if lo > 0 and hi / lo > 3:
                 ax.set_yscale("log")
         ax.set_title(task)
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss (smoothed)" if kind == "train" else "test loss")
+        ax.set_ylabel(f"training loss ({MIN_SMOOTH_WINDOW}-step mean)" if kind == "train" else "test loss")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8, loc="best", framealpha=0.7)
@@ -298,11 +305,12 @@ def _plot_lr_sensitivity(results, out: Path) -> None:
         lo, hi = min(ceiling), max(ceiling)
         log_y = lo > 0 and hi / lo > 20
         top = hi * 2 if log_y else hi + 0.1 * (hi - lo + 1e-12)
-        for opt, (lrs, means) in series.items():
+        for i, (opt, (lrs, means)) in enumerate(series.items()):
             ax.plot(lrs, means, "o-", color=colors[opt], label=opt, ms=3, lw=1.2)
             bad = [lr for lr, m in zip(lrs, means) if not np.isfinite(m)]
-            if bad:
-                ax.plot(bad, [top] * len(bad), "x", color=colors[opt], ms=6)
+            if bad:  # one row of crosses per optimizer, so they do not hide each other
+                height = top * 1.35 ** i if log_y else top + 0.06 * i * (hi - lo + 1e-12)
+                ax.plot(bad, [height] * len(bad), "x", color=colors[opt], ms=6)
             best = results[task][opt]["selection"]["hparams"].get("lr")
             if best is not None:
                 ax.axvline(best, color=colors[opt], ls=":", lw=1)
@@ -340,7 +348,13 @@ def _plot_profile(results, task_metric, out: Path) -> None:
             if s["n_diverged"] or s["n_failed"]:
                 value = math.inf if s["n_finished"] == s["n_diverged"] else value
             costs[task][opt] = value
-    taus = np.logspace(0, 1, 200)
+    # The tau axis spans the ratios that occur (at least 1 to 1.05), so close results stay visible.
+    max_ratio = 1.05
+    for per_task in costs.values():
+        finite = [v for v in per_task.values() if math.isfinite(v) and v > 0]
+        if finite:
+            max_ratio = max(max_ratio, 1.05 * max(finite) / min(finite))
+    taus = np.logspace(0, math.log10(max_ratio), 300)
     profile = metrics.performance_profile(costs, taus)
     with open(out / "performance_profile.csv", "w", newline="") as f:
         writer = csv.writer(f)

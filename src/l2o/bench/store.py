@@ -195,7 +195,8 @@ class ResultsStore:
             raise ValueError(f"status must be complete, diverged or failed, got {row.get('status')!r}")
         row["task_config"] = canonical_json(row["task_config"])
         row["hparams"] = canonical_json(row["hparams"])
-        row.setdefault("versions", library_versions())
+        if "versions" not in row:
+            row["versions"] = library_versions()
         row["versions"] = canonical_json(row["versions"])
         row.setdefault("worker_pid", os.getpid())
         row.setdefault("finished_at", time.time())

@@ -59,7 +59,8 @@ PRESETS: dict[str, TaskPreset] = {
                                   metric="test_accuracy", eval_every=20),
     "digits_cnn": TaskPreset("digits_cnn", eval_every=20),
     "quadratic_10d": TaskPreset("quadratic", {"dim": 10, "steps": 100}, eval_every=5, seed_kwarg="seed"),
-    "copying": TaskPreset("copying"),
+    # Delay 10 (not the task's default 50) keeps a run to a few seconds on one core.
+    "copying": TaskPreset("copying", {"delay": 10, "copy_length": 5, "steps": 200, "eval_size": 200}, eval_every=20),
     # Tiny versions for the smoke suite and the tests.
     "quadratic_deep_tiny": TaskPreset("quadratic_deep", {"epochs": 5}, eval_every=7),
     "two_d_rosenbrock_tiny": TaskPreset("two_d_rosenbrock", {"steps": 100}, eval_every=25),

@@ -1,0 +1,65 @@
+"""The whole path through the command line: a worker process is SIGKILLed mid-sweep, the sweep
+is re-run, and nothing is lost or duplicated; then report and export."""
+
+import json
+
+from l2o.bench.runner import KILL_ENV
+from l2o.bench.store import ResultsStore
+from l2o.cli import main
+
+ARGS = ["bench", "run", "--tasks", "quadratic_10d_tiny,two_d_rosenbrock_tiny", "--optimizers", "sgd",
+        "--grid", "sgd:lr=[0.001,0.003,0.01]", "--tune-seeds", "2", "--seeds", "3", "--no-progress"]
+
+
+def test_kill_a_worker_then_resume(tmp_path, monkeypatch, capsys):
+    db = str(tmp_path / "r.sqlite")
+    # Each spawned worker reads this and SIGKILLs itself halfway through its third run.
+    monkeypatch.setenv(KILL_ENV, "2")
+    assert main([*ARGS, "--workers", "2", "--db", db]) == 3
+    err = capsys.readouterr().err
+    assert "worker process died" in err and "Run the same command again" in err
+    with ResultsStore(db) as store:
+        before = {r["run_key"]: (r["id"], r["finished_at"]) for r in store.runs()}
+    assert 1 <= len(before) < 12  # some runs were stored, the sweep did not finish
+
+    monkeypatch.delenv(KILL_ENV)
+    assert main([*ARGS, "--workers", "1", "--db", db]) == 0
+    assert f"{len(before)} already stored" in capsys.readouterr().out
+    with ResultsStore(db) as store:
+        runs = store.runs()
+        # 2 tasks x 3 learning rates x 2 tuning seeds, + seed 2 of the chosen rate per task
+        assert len(runs) == 14 and len({r["run_key"] for r in runs}) == 14
+        assert all(r["status"] in ("complete", "diverged") for r in runs)
+        after = {r["run_key"]: (r["id"], r["finished_at"]) for r in runs}
+        assert all(after[k] == v for k, v in before.items())  # runs stored before the kill were not redone
+
+    out = tmp_path / "report"
+    assert main(["bench", "report", "--db", db, "--out", str(out)]) == 0
+    text = (out / "summary.md").read_text()
+    assert "## quadratic_10d_tiny" in text and "## two_d_rosenbrock_tiny" in text and "| sgd | lr=" in text
+    for name in ("curves_train.png", "curves_test.png", "lr_sensitivity.png", "performance_profile.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["two_d_rosenbrock_tiny"]["optimizers"]["sgd"]["seeds"] == 3
+
+    assert main(["bench", "export", "--db", db, "--out", str(tmp_path / "deepobs")]) == 0
+    files = sorted((tmp_path / "deepobs").rglob("random_seed__*.json"))
+    assert len(files) == 6  # 2 tasks x 3 final seeds
+    payload = json.loads(files[0].read_text())
+    assert {"testproblem", "optimizer_name", "random_seed", "test_losses", "train_losses"} <= set(payload)
+    assert len(payload["test_losses"]) == len(payload["eval_steps"]) > 1
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["bench", "run", "--tasks", "nope", "--db", str(tmp_path / "x.sqlite")]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+    assert main(["bench", "run", "--tasks", "quadratic_10d_tiny", "--grid", "sgd:lr=logspace(1,2)",
+                 "--db", str(tmp_path / "x.sqlite")]) == 2
+    assert "grid entry sgd:lr" in capsys.readouterr().err
+    assert main(["bench", "run", "--tasks", "quadratic_10d_tiny", "--optimizers", "sgdd",
+                 "--db", str(tmp_path / "x.sqlite")]) == 2
+    assert "unknown optimizer 'sgdd'" in capsys.readouterr().err
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database" * 200)
+    assert main(["bench", "report", "--db", str(junk)]) == 2
+    assert "not an l2o results file" in capsys.readouterr().err

@@ -1,0 +1,86 @@
+import pytest
+
+from l2o.bench import optimizers
+from l2o.bench.runner import Plan, RunSpec, _freeze, run_benchmark, select
+from l2o.bench.store import ResultsStore
+from l2o.bench.suites import get_preset
+
+
+def test_protocol_tunes_selects_reruns_and_resumes(tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    plan = Plan(tasks=["quadratic_10d_tiny"], optimizers=["sgd", "torch.optim:Adagrad"],
+                grids={"sgd": {"lr": [1e-3, 1e-2, 10.0]}, "torch.optim:Adagrad": {"lr": [0.1]}},
+                tune_seeds=2, seeds=3)
+    totals = run_benchmark(plan, db, workers=1, progress=False)
+    assert totals["tune"].done == 6 and totals["tune"].diverged == 2  # lr=10 diverges on both seeds
+    assert totals["final"].done == 1 + 3 and totals["final"].skipped == 2  # seeds 0, 1 reuse the tuning runs
+    with ResultsStore(db) as store:
+        runs = store.runs(task="quadratic_10d_tiny")
+        assert len(runs) == 10
+        diverged = [r for r in runs if r["status"] == "diverged"]
+        assert len(diverged) == 2 and all(r["hparams"] == {"lr": 10.0} for r in diverged)
+        assert all(r["versions"]["torch"] for r in runs)
+        sel = {s["optimizer"]: s for s in store.selections()}
+        assert sel["sgd"]["tuned"] and sel["sgd"]["hparams"] == {"lr": 1e-2} and sel["sgd"]["n_configs"] == 3
+        assert not sel["torch.optim:Adagrad"]["tuned"]  # a one-point grid is not tuning
+        assert sel["sgd"]["final_seeds"] == [0, 1, 2]
+        # each seed is a fresh problem of the quadratic family
+        finals = [r for r in runs if r["optimizer"] == "sgd" and r["hparams"] == {"lr": 1e-2}]
+        assert len({round(r["final_test_loss"], 6) for r in finals}) == 3
+    again = run_benchmark(plan, db, workers=1, progress=False)
+    assert again["tune"].done == 0 and again["final"].done == 0 and again["final"].skipped == 6
+    with ResultsStore(db) as store:
+        assert len(store.runs()) == 10
+
+
+def test_selection_never_reads_test_numbers(tmp_path):
+    preset = get_preset("quadratic_10d_tiny")
+    spec = optimizers.resolve("sgd")
+    specs = [RunSpec("q", preset, spec, _freeze({"lr": lr}), seed, 30, None) for lr in (0.1, 0.2) for seed in (0, 1)]
+    with ResultsStore(tmp_path / "s.sqlite") as store:
+        for s in specs:
+            good = s.hparams_dict["lr"] == 0.1
+            store.record_run({"run_key": s.key, "task": "q", "task_config": preset.config(), "optimizer": "sgd",
+                              "hparams": s.hparams_dict, "seed": s.seed, "steps": 30, "status": "complete",
+                              # lr=0.1 wins on selection loss, loses on test loss
+                              "selection_loss": 1.0 if good else 2.0, "final_test_loss": 9.0 if good else 0.0,
+                              "versions": {}})
+        best, loss = select(store, specs)
+    assert best == {"lr": 0.1} and loss == 1.0
+
+
+def test_optimizer_names_and_errors(monkeypatch):
+    assert optimizers.resolve("momentum").kind == "builtin"
+    assert optimizers.resolve("ADAM").name == "adam"
+    import torch
+
+    param = torch.zeros(3, requires_grad=True)
+    nag = optimizers.resolve("nag").factory({"lr": 0.1})([param])
+    assert nag.param_groups[0]["nesterov"] and nag.param_groups[0]["momentum"] == 0.9
+    assert isinstance(optimizers.resolve("torch.optim.Adagrad").factory({})([param]), torch.optim.Adagrad)
+    with pytest.raises(ValueError, match="unknown optimizer 'adamm'.*Did you mean adam.*Known: adam, momentum"):
+        optimizers.resolve("adamm")
+    with pytest.raises(ValueError, match="has no attribute 'Nope'"):
+        optimizers.resolve("torch.optim:Nope")
+    with pytest.raises(ValueError, match="cannot import module"):
+        optimizers.resolve("no_such_module_xyz:Opt")
+    with pytest.raises(ValueError, match="unknown learned optimizer"):
+        optimizers.resolve("learned:no-such-weights")
+    from l2o import optim
+
+    monkeypatch.setitem(optim.OPTIMIZERS._entries, "brokenopt", "l2o.no_such_module:Broken")
+    with pytest.raises(ValueError, match="'brokenopt' is registered in l2o.optim but cannot be imported"):
+        optimizers.resolve("brokenopt")
+    assert optimizers.resolve("sgd").kind == "builtin"  # the others keep working
+
+
+def test_plan_errors(tmp_path):
+    with pytest.raises(ValueError, match="seeds must be >= 1"):
+        Plan(tasks=["quadratic_10d_tiny"], optimizers=["sgd"], seeds=0)
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        Plan(tasks=["quadratic_10d_tiny"], optimizers=["sgd"], protocol="huge")
+    with pytest.raises(ValueError, match="unknown task 'quadratic_deeep'.*Did you mean quadratic_deep"):
+        run_benchmark(Plan(tasks=["quadratic_deeep"], optimizers=["sgd"]), str(tmp_path / "x.sqlite"))
+    plan = Plan(tasks=["quadratic_10d_tiny"], optimizers=["adam"], grids={"adam": {"momentum": [0.9]}})
+    with pytest.raises(ValueError, match="'adam' rejects hyperparameters {'momentum': 0.9}"):
+        run_benchmark(plan, str(tmp_path / "x.sqlite"))
