@@ -297,11 +297,12 @@ def plot_curves(results: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]
             if not curves:
                 continue
             arr = np.asarray(curves, dtype=float)
-            mean, std = arr.mean(0), arr.std(0)
+            mean = arr.mean(0)
+            low, high = np.percentile(arr, 10, axis=0), np.percentile(arr, 90, axis=0)
             steps = np.arange(1, arr.shape[1] + 1)
             label = name if data["lr"] is None else f"{name} (lr {data['lr']:g})"
             ax.plot(steps, mean, color=colors.get(name), label=label, lw=2 if data["lr"] is None else 1.3)
-            ax.fill_between(steps, np.maximum(mean - std, 1e-12), mean + std, color=colors.get(name), alpha=0.12)
+            ax.fill_between(steps, low, high, color=colors.get(name), alpha=0.12)
         ax.set_yscale("log")
         ax.set_title(r["title"], fontsize=10)
         ax.set_xlabel("step")
@@ -326,7 +327,7 @@ def plot_curves(results: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]
         draw(ax, setting)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle("Learned LSTM optimizer vs tuned baselines (mean over seeds, ±1 std band)")
+    fig.suptitle("Learned LSTM optimizer vs tuned baselines (mean over seeds; band: 10th-90th percentile)")
     fig.tight_layout()
     path = out_dir / "loss_curves.png"
     fig.savefig(path, dpi=100)
