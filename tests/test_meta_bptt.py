@@ -136,8 +136,10 @@ def test_checkpoint_helpers_round_trip(tmp_path):
     opt2 = torch.optim.Adam(model.parameters(), lr=0.5)
     optimizer_from_tensors(opt2, loaded, loaded_meta["optim"])
     assert opt2.param_groups[0]["lr"] == 0.01 and opt2.param_groups[0]["betas"] == (0.8, 0.9)
-    for a, b in zip(opt.state.values(), opt2.state.values()):
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert list(opt2.state) == list(model.parameters())
+    for param in model.parameters():
+        a, b = opt.state[param], opt2.state[param]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=generator_from_tensor(loaded["gen"])))
     back = nested_from_tensors(loaded, loaded_meta["index"])
     assert back.keys() == nested.keys()

@@ -126,6 +126,8 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         state.setdefault(int(index), {})[key] = value.clone()
     for index, entry in meta.get("scalars", {}).items():
         state.setdefault(int(index), {}).update(entry)
+    # safetensors files do not keep key order; restore the optimizer's parameter order.
+    state = {index: dict(sorted(state[index].items())) for index in sorted(state)}
     reference = optimizer.state_dict()["param_groups"]
     groups = meta["param_groups"]
     if len(groups) != len(reference):
