@@ -10,6 +10,7 @@ A TaskFamily samples Tasks (new data draws, widths, activations, ...).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,17 @@ Params = dict[str, Tensor]
 def seed_from(generator: torch.Generator) -> int:
     """Draw a fresh integer seed from ``generator`` (to seed numpy or a nested generator)."""
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+
+
+def init_linear_layers(sizes: list[int], generator: torch.Generator) -> dict[str, Tensor]:
+    """Weights and biases of a stack of linear layers of the given widths, as ``layer{i}.weight``
+    and ``layer{i}.bias``, drawn like ``nn.Linear``'s default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    params = {}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        bound = 1.0 / math.sqrt(fan_in)
+        params[f"layer{i}.weight"] = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
+        params[f"layer{i}.bias"] = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
+    return params
 
 
 class Task(ABC):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor
 
-from l2o.tasks.base import Params, SupervisedTask, TaskFamily, seed_from
+from l2o.tasks.base import Params, SupervisedTask, TaskFamily, init_linear_layers, seed_from
 
 ACTIVATIONS = {
     "sigmoid": torch.sigmoid,
@@ -59,13 +58,7 @@ class DigitsMLP(SupervisedTask):
         self.sizes = [self.x_train.shape[1]] + [hidden] * layers + [int(self.y_train.max()) + 1]
 
     def init_params(self, generator: torch.Generator) -> Params:
-        # PyTorch's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
-        params = {}
-        for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
-            bound = 1.0 / math.sqrt(fan_in)
-            params[f"layer{i}.weight"] = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
-            params[f"layer{i}.bias"] = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
-        return params
+        return init_linear_layers(self.sizes, generator)
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
         n = len(self.sizes) - 1

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from l2o.tasks.base import Params, SupervisedTask, TaskFamily, seed_from
+from l2o.tasks.base import Params, SupervisedTask, TaskFamily, init_linear_layers, seed_from
 from l2o.tasks.digits import ACTIVATIONS
 
 DATASETS = ("digits", "classification", "regression", "quadratic")
@@ -57,13 +57,7 @@ class MLPTask(SupervisedTask):
         self.sizes = [x_train.shape[1]] + [hidden] * layers + [out]
 
     def init_params(self, generator: torch.Generator) -> Params:
-        # nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-        params = {}
-        for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
-            bound = 1.0 / math.sqrt(fan_in)
-            params[f"layer{i}.weight"] = (torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound
-            params[f"layer{i}.bias"] = (torch.rand(fan_out, generator=generator) * 2 - 1) * bound
-        return params
+        return init_linear_layers(self.sizes, generator)
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Outputs for ``x`` of shape (n, d), or (B, n, d) with every parameter stacked (B, ...)."""
