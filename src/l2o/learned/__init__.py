@@ -34,8 +34,12 @@ def __getattr__(name):
         from l2o.learned import lstm
 
         return getattr(lstm, name)
+    if name == "MLPRule":
+        from l2o.learned.mlp import MLPRule
+
+        return MLPRule
     raise AttributeError(f"module 'l2o.learned' has no attribute {name!r}")
 
 
 __all__ = ["LearnedRule", "LearnedOptimizer", "RULES", "PRETRAINED", "save_rule", "load_rule",
-           "PretrainedIndex", "LSTMRule", "preprocess_gradients"]
+           "PretrainedIndex", "LSTMRule", "MLPRule", "preprocess_gradients"]
