@@ -5,8 +5,10 @@
 - :func:`steps_to_target`: the first step at which a curve is at or below a target.
 - :func:`baseline_target`: the target loss of a task: the median, over its seeds, of the final
   (smoothed) training loss of the best baseline.
+- :func:`mean_curve`: seed-mean of loss curves.
+- :func:`reach_step`: the step from which a curve stays below a loss (interpolated).
 - :func:`speedup`: how many steps the reference (tuned Adam) needs to reach the loss another
-  optimizer ends with, divided by that optimizer's budget.
+  optimizer ends with, divided by that optimizer's budget (exactly 1 for the reference itself).
 - :func:`performance_profile`: Dolan & Moré (2002) performance profiles across tasks.
 - :func:`time_ratio`: wall-clock time per step relative to a reference (SGD).
 """
@@ -62,26 +64,82 @@ def baseline_target(final_losses: Mapping[str, Sequence[float]]) -> tuple[str, f
     return best, medians[best]
 
 
-def speedup(reference_curve: Sequence[float], final_loss: float, steps: int) -> tuple[float, bool]:
-    """Speedup over a reference optimizer, as in learned_optimization's "speedup over Adam".
+def mean_curve(curves: Sequence[Sequence[float]]) -> np.ndarray:
+    """Seed-mean of curves, truncated to the shortest one (empty array if there are none)."""
+    curves = [np.asarray(c, dtype=float) for c in curves if len(c)]
+    if not curves:
+        return np.zeros(0)
+    length = min(c.size for c in curves)
+    return np.mean(np.stack([c[:length] for c in curves]), axis=0)
+
+
+def reach_step(reference_curve: Sequence[float], loss: float, steps: Sequence[float] | None = None) -> float | None:
+    """The step from which ``reference_curve`` stays below ``loss`` until its end.
+
+    That is the last time the curve is at or above ``loss``, linearly interpolated between
+    points: on the segment where the curve last crosses from ``>= loss`` to ``< loss``. If the
+    curve is below ``loss`` everywhere, its first step. None if the curve does not end below
+    ``loss`` (it never settles there), except that ``loss`` equal to the curve's last value
+    gives its last step (the reference "reaches" its own final loss at the end of its budget).
 
     Args:
-        reference_curve: the reference's (smoothed, seed-averaged) training loss per step.
-        final_loss: the loss the compared optimizer ends with.
+        reference_curve: loss values (non-finite entries count as above any loss).
+        loss: the loss to reach.
+        steps: the step of each value (default 1, 2, ...).
+    """
+    y = np.nan_to_num(np.asarray(reference_curve, dtype=float), nan=np.inf, posinf=np.inf)
+    if y.size == 0:
+        return None
+    t = np.arange(1, y.size + 1, dtype=float) if steps is None else np.asarray(steps, dtype=float)
+    if t.shape != y.shape:
+        raise ValueError(f"steps has {t.size} entries, the curve {y.size}")
+    if y[-1] == loss:
+        return float(t[-1])
+    if not y[-1] < loss:
+        return None
+    above = np.flatnonzero(y >= loss)
+    if above.size == 0:
+        return float(t[0])
+    i = int(above[-1])  # y[i] >= loss > y[i + 1]
+    if not math.isfinite(y[i]):
+        return float(t[i + 1])
+    return float(t[i] + (y[i] - loss) / (y[i] - y[i + 1]) * (t[i + 1] - t[i]))
+
+
+def speedup(reference_curve: Sequence[float], final_loss: float, steps: int,
+            reference_steps: Sequence[float] | None = None) -> tuple[float, bool]:
+    """Speedup over a reference optimizer (tuned Adam): how many reference steps reach the loss
+    the compared optimizer ends with, divided by the compared optimizer's budget.
+
+    "Reach" is :func:`reach_step`: the step from which the reference's curve stays below the
+    loss to the end of its budget (interpolated between points), so a reference that dips below
+    the loss by noise and comes back does not count as having reached it. The reference
+    compared with itself (``final_loss`` = the last value of ``reference_curve``, budgets equal)
+    gives exactly 1.
+
+    Args:
+        reference_curve: the reference's seed-mean loss curve (see :func:`mean_curve`).
+        final_loss: the compared optimizer's final loss: the last value of its own seed-mean
+            curve, computed the same way.
         steps: the compared optimizer's number of steps.
+        reference_steps: the step of each reference value (default 1, 2, ...).
 
     Returns:
-        (speedup, lower_bound): ``reference steps to reach final_loss / steps``. If the
-        reference never gets there, ``len(reference_curve) / steps`` and ``lower_bound`` True
-        (the true speedup is at least that).
+        (speedup, lower_bound). If the reference does not end below ``final_loss`` (it never
+        gets there within its budget), ``reference budget / steps`` and ``lower_bound`` True:
+        the true speedup is at least that. A non-finite ``final_loss`` gives (0.0, False).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if final_loss is None or not math.isfinite(final_loss):
         return 0.0, False
-    reached = steps_to_target(reference_curve, final_loss)
+    y = np.asarray(reference_curve, dtype=float)
+    if y.size == 0:
+        raise ValueError("reference_curve is empty")
+    reached = reach_step(y, final_loss, reference_steps)
     if reached is None:
-        return len(reference_curve) / steps, True
+        budget = float(y.size if reference_steps is None else reference_steps[-1])
+        return budget / steps, True
     return reached / steps, False
 
 
