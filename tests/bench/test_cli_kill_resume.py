@@ -1,26 +1,39 @@
-"""The whole path through the command line: a worker process is SIGKILLed mid-sweep, the sweep
-is re-run, and nothing is lost or duplicated; then report and export."""
+"""The whole path through the command line: a worker process is SIGKILLed mid-sweep (at a chosen
+run, by fault injection), the sweep is re-run, and nothing is lost or duplicated; then report and
+export."""
 
 import json
 
-from l2o.bench.runner import KILL_ENV
+from l2o.bench.optimizers import resolve
+from l2o.bench.runner import KILL_ENV, RunSpec, _freeze
 from l2o.bench.store import ResultsStore
+from l2o.bench.suites import get_preset
 from l2o.cli import main
 
 ARGS = ["bench", "run", "--tasks", "quadratic_10d_tiny,two_d_rosenbrock_tiny", "--optimizers", "sgd",
         "--grid", "sgd:lr=[0.001,0.003,0.01]", "--tune-seeds", "2", "--seeds", "3", "--no-progress"]
 
 
+def _key(task_id, lr, seed):
+    preset = get_preset(task_id)
+    return RunSpec(task_id, preset, resolve("sgd"), _freeze({"lr": lr}), seed, int(preset.build(0).steps), None).key
+
+
 def test_kill_a_worker_then_resume(tmp_path, monkeypatch, capsys):
     db = str(tmp_path / "r.sqlite")
-    # Each spawned worker reads this and SIGKILLs itself halfway through its third run.
-    monkeypatch.setenv(KILL_ENV, "2")
+    # The 7th of the 12 tuning runs (submitted in order task, lr, seed): the worker that gets it
+    # SIGKILLs itself halfway through it. A worker takes a run only after storing its previous one.
+    killed = _key("two_d_rosenbrock_tiny", 0.001, 0)
+    monkeypatch.setenv(KILL_ENV, killed)
     assert main([*ARGS, "--workers", "2", "--db", db]) == 3
     err = capsys.readouterr().err
     assert "worker process died" in err and "Run the same command again" in err
     with ResultsStore(db) as store:
         before = {r["run_key"]: (r["id"], r["finished_at"]) for r in store.runs()}
-    assert 1 <= len(before) < 12  # some runs were stored, the sweep did not finish
+        assert not store.selections()  # the sweep stopped in the tuning phase
+    assert killed not in before  # the run in flight is lost
+    # Of the 6 runs submitted before it, at most one (the other worker's) can still have been in flight.
+    assert 5 <= len(before) < 12
 
     monkeypatch.delenv(KILL_ENV)
     assert main([*ARGS, "--workers", "1", "--db", db]) == 0
@@ -32,6 +45,7 @@ def test_kill_a_worker_then_resume(tmp_path, monkeypatch, capsys):
         assert all(r["status"] in ("complete", "diverged") for r in runs)
         after = {r["run_key"]: (r["id"], r["finished_at"]) for r in runs}
         assert all(after[k] == v for k, v in before.items())  # runs stored before the kill were not redone
+        assert next(r for r in runs if r["run_key"] == killed)["status"] == "complete"
 
     out = tmp_path / "report"
     assert main(["bench", "report", "--db", db, "--out", str(out)]) == 0

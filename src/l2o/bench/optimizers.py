@@ -20,9 +20,10 @@ import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported when an optimizer is built, so the report starts fast
+    import torch
 
 BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
     "sgd": ("SGD", {}),
@@ -55,6 +56,8 @@ class OptimizerSpec:
         """A function ``params -> optimizer`` for ``train``."""
         hp = dict(hyperparameters)
         if self.kind == "builtin":
+            import torch
+
             cls_name, fixed = BUILTINS[self.name]
             cls = getattr(torch.optim, cls_name)
             return lambda params: cls(params, **{**fixed, **hp})

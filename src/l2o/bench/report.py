@@ -37,10 +37,17 @@ def smooth_window(steps: int) -> int:
 
 
 def _metric_of(task_id: str) -> str:
+    """The task's reported metric: the preset's, else the task class's (building the task, which
+    may load data, only if the class does not say)."""
+    from l2o import tasks
     from l2o.bench.suites import get_preset
 
     try:
-        return get_preset(task_id).build(0).metric
+        preset = get_preset(task_id)
+        if preset.metric:
+            return preset.metric
+        metric = getattr(tasks.TASKS.get(preset.task), "metric", None)
+        return metric if isinstance(metric, str) else preset.build(0).metric
     except Exception:
         return "test_loss"
 

@@ -34,9 +34,10 @@ from l2o.bench.optimizers import OptimizerSpec, resolve
 from l2o.bench.store import ResultsStore, canonical_json, run_key
 from l2o.bench.suites import TaskPreset, get_preset
 
-#: Test hook: a worker that has finished this many runs kills itself (SIGKILL) halfway
-#: through its next one, to check that a crash loses nothing but the run in flight.
-KILL_ENV = "L2O_BENCH_TEST_KILL_AFTER"
+#: Fault injection for the tests: the process that executes the run with this run key kills
+#: itself (SIGKILL) halfway through it, to check that a crash loses nothing but the runs in
+#: flight. Read when a sweep starts (by :func:`run_specs`) and handed to the workers.
+KILL_ENV = "L2O_BENCH_TEST_KILL_RUN"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _freeze(config: dict[str, Any]) -> tuple:
 # -- one run ---------------------------------------------------------------------------------
 
 _TASK_CACHE: dict[tuple, Any] = {}
-_RUNS_IN_PROCESS = 0
+_KILL_RUN: str | None = None  # see KILL_ENV
 
 
 def _task_for(spec: RunSpec):
@@ -83,10 +84,7 @@ def execute(spec: RunSpec) -> tuple[dict[str, Any], dict[str, tuple[list, list]]
     """Train one run in this process; returns the store record and curves (never raises)."""
     from l2o.train import train
 
-    global _RUNS_IN_PROCESS
-    kill_after = os.environ.get(KILL_ENV)
-    kill_now = kill_after is not None and _RUNS_IN_PROCESS >= int(kill_after)
-    _RUNS_IN_PROCESS += 1
+    kill_now = _KILL_RUN is not None and spec.key == _KILL_RUN
     record: dict[str, Any] = {"run_key": spec.key, "task": spec.task, "task_config": spec.preset.config(),
                               "optimizer": spec.optimizer.name, "hparams": spec.hparams_dict, "seed": spec.seed,
                               "steps": spec.steps}
@@ -138,11 +136,12 @@ def _selection_loss(task, params, result) -> tuple[float, str]:
 _WORKER_STORE: ResultsStore | None = None
 
 
-def _init_worker(db_path: str) -> None:
+def _init_worker(db_path: str, kill_run: str | None = None) -> None:
     import torch
 
-    global _WORKER_STORE
+    global _WORKER_STORE, _KILL_RUN
     torch.set_num_threads(1)  # one core per worker: workers are the parallelism
+    _KILL_RUN = kill_run
     if _WORKER_STORE is not None:
         _WORKER_STORE.close()
     _WORKER_STORE = ResultsStore(db_path)
@@ -167,13 +166,33 @@ class WorkerCrashed(RuntimeError):
     """A worker process died (killed or crashed); finished runs are in the store."""
 
 
-def open_pool(db_path: str, workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` processes, each with its own connection to the store."""
+#: Imported once by the fork server; every worker is a fork of it, so no worker pays for
+#: importing torch again (with "spawn" each worker did, seconds each on a busy machine).
+#: ``torch._dynamo`` is what the first ``torch.optim.Optimizer`` of a process imports.
+_PRELOAD = ["torch", "torch._dynamo", "l2o.train", "l2o.tasks", "l2o.bench.runner"]
+
+
+def _mp_context():
+    """"forkserver" where the platform has it: workers are forked from a clean server process
+    that has imported torch but never run it (no fork of a process that holds torch threads);
+    else "spawn"."""
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                               initargs=(db_path,))
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)  # takes effect when the server starts (once per process)
+    return context
+
+
+def open_pool(db_path: str, workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes, each with its own connection to the store.
+
+    The fault-injection setting (:data:`KILL_ENV`) is read here, in this process, and passed to
+    the workers (forked workers do not see later changes of this process's environment).
+    """
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_init_worker,
+                               initargs=(db_path, os.environ.get(KILL_ENV) or None))
 
 
 def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = "runs",
@@ -200,7 +219,9 @@ def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = 
     counts.skipped = len(unique) - len(todo)
     if not todo:
         return counts
-    bar = tqdm(total=len(todo), desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(todo), desc=f"{desc} ({counts.skipped} already stored)" if counts.skipped else desc,
+               unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar.set_postfix(running=min(max(workers, 1), len(todo)), failed=0, diverged=0, refresh=False)
 
     def tally(status: str, running: int) -> None:
         counts.done += 1
@@ -211,7 +232,7 @@ def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = 
 
     try:
         if workers <= 1:
-            _init_worker(db_path)
+            _init_worker(db_path, os.environ.get(KILL_ENV) or None)
             for spec in todo:
                 bar.set_postfix(running=1, failed=counts.failed, diverged=counts.diverged, refresh=False)
                 tally(_run_and_store(spec), running=0)

@@ -61,6 +61,12 @@ PRESETS: dict[str, TaskPreset] = {
     "quadratic_10d": TaskPreset("quadratic", {"dim": 10, "steps": 100}, eval_every=5, seed_kwarg="seed"),
     # Delay 10 (not the task's default 50) keeps a run to a few seconds on one core.
     "copying": TaskPreset("copying", {"delay": 10, "copy_length": 5, "steps": 200, "eval_size": 200}, eval_every=20),
+    # Outside mlp-general's meta-training family (1-2 hidden layers, up to 1,000 steps): deeper,
+    # and 10x the small suite's 300-step horizon. Not in a suite; run them with --tasks.
+    "digits_mlp_relu_deep": TaskPreset("digits_mlp", {"activation": "relu", "layers": 3, "steps": 300},
+                                       metric="test_accuracy", eval_every=20),
+    "digits_mlp_relu_long": TaskPreset("digits_mlp", {"activation": "relu", "steps": 3000},
+                                       metric="test_accuracy", eval_every=100),
     # Tiny versions for the smoke suite and the tests.
     "quadratic_deep_tiny": TaskPreset("quadratic_deep", {"epochs": 5}, eval_every=7),
     "two_d_rosenbrock_tiny": TaskPreset("two_d_rosenbrock", {"steps": 100}, eval_every=25),

@@ -92,6 +92,11 @@ def _run(args) -> int:
         return 3
     for phase, c in totals.items():
         print(f"{phase}: {c.done} run, {c.skipped} already stored, {c.diverged} diverged, {c.failed} failed")
+    failed = sum(c.failed for c in totals.values())
+    if failed:
+        print(f"{failed} run(s) failed (an exception, recorded with its message in the results file); "
+              "running the same command again retries them")
+    print(f"results: {args.db}\nnext: l2o bench report --db {args.db} --out bench_report")
     return 0
 
 
@@ -102,7 +107,10 @@ def _report(args) -> int:
 
     if not Path(args.db).is_file():
         raise FileNotFoundError(f"results file not found: {args.db}")
-    print(make_report(args.db, args.out, title=args.title))
+    summary = make_report(args.db, args.out, title=args.title)
+    files = sorted(p.name for p in summary.parent.iterdir() if p.is_file())
+    print(f"report written to {summary.parent}/: {', '.join(files)}")
+    print(f"start with {summary}")
     return 0
 
 
