@@ -10,7 +10,7 @@
 - :func:`speedup`: how many steps the reference (tuned Adam) needs to reach the loss another
   optimizer ends with, divided by that optimizer's budget (exactly 1 for the reference itself).
 - :func:`performance_profile`: Dolan & Moré (2002) performance profiles across tasks.
-- :func:`time_ratio`: wall-clock time per step relative to a reference (SGD).
+- :func:`time_ratio`: median wall-clock time per step relative to a reference's (SGD).
 """
 
 from __future__ import annotations
@@ -175,9 +175,10 @@ def performance_profile(costs: Mapping[str, Mapping[str, float]], taus: Sequence
 
 
 def time_ratio(seconds_per_step: Sequence[float], reference_seconds_per_step: Sequence[float]) -> float:
-    """Mean time per step over the reference's mean time per step (nan if either is empty)."""
-    a, _, na = mean_std(seconds_per_step)
-    b, _, nb = mean_std(reference_seconds_per_step)
-    if not na or not nb or b <= 0:
+    """Median time per step over the reference's median time per step (nan if either is empty).
+    Medians, because a busy machine slows some runs a lot and most not at all."""
+    a = [v for v in seconds_per_step if v is not None and math.isfinite(v)]
+    b = [v for v in reference_seconds_per_step if v is not None and math.isfinite(v)]
+    if not a or not b or np.median(b) <= 0:
         return math.nan
-    return a / b
+    return float(np.median(a) / np.median(b))

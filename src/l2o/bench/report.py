@@ -6,7 +6,7 @@ Output (in ``out_dir``):
   metric (mean ± std over the final seeds), test loss, diverged seeds, steps to the target,
   speedup over tuned Adam, time per step relative to SGD.
 - ``curves_train.png`` / ``curves_test.png``: training loss (smoothed) and test loss per task,
-  mean ± std bands over seeds.
+  mean over seeds with 10th-90th percentile bands.
 - ``lr_sensitivity.png``: the tuning runs: selection loss against learning rate.
 - ``performance_profile.png``: Dolan-Moré profile across tasks on the reported metric.
 - ``summary.json``, ``curves.json``, ``lr_sensitivity.csv``, ``performance_profile.csv``: the
@@ -92,7 +92,10 @@ def collect(store: ResultsStore) -> dict[str, Any]:
             "test_accuracy": metrics.mean_std([r["final_test_accuracy"] if r["status"] == "complete" else None
                                                for r in rows]),
             "final_train_smoothed": [float(c[-1]) for c in train_curves if len(c)],
-            "seconds_per_step": [r["seconds_per_step"] for r in complete if r["seconds_per_step"]],
+            # every run of this optimizer on the task (tuning and diverged ones too): more samples
+            # of a number that depends on the optimizer, not on its learning rate
+            "seconds_per_step": [r["seconds_per_step"] for r in store.runs(task=task, optimizer=opt)
+                                 if r["steps"] == sel["steps"] and r["seconds_per_step"]],
             "train_curves": train_curves, "plot_curves": plot_curves, "test_curves": test_curves,
             "tuning": [(r["hparams"], r["seed"], r["selection_loss"] if r["status"] == "complete" else None)
                        for r in tune_rows],
@@ -150,6 +153,8 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
              "step from which Adam's seed-mean smoothed training loss stays below the optimizer's final "
              "seed-mean smoothed training loss (interpolated), over the optimizer's budget; Adam itself gets 1 "
              "(≥: Adam does not get there within its budget, the speedup is at least that). "
+             "Time/step ÷ SGD: median seconds per step over all the optimizer's runs on the task "
+             "(tuning runs included) over SGD's; runs at different times share the machine, so it is rough. "
              "Hyperparameters were chosen on validation/training loss, never on test numbers.", ""]
     summary_json: dict[str, Any] = {}
     for task, per_opt in sorted(results.items()):
@@ -224,6 +229,9 @@ def _colors(names):
 
 
 def _plot_curves(results, out: Path, kind: str) -> None:
+    """Seed-mean curve per optimizer with a 10th-90th percentile band (stays positive where the
+    losses are, so a log axis can show it); one legend for the whole figure, so no legend sits
+    on a curve; optimizers with no finished seed on a task are named in the panel title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,45 +239,61 @@ def _plot_curves(results, out: Path, kind: str) -> None:
 
     tasks = sorted(results)
     rows, cols = _grid_shape(len(tasks))
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows + 0.9), squeeze=False)
     colors = _colors({o for t in tasks for o in results[t]})
     data = {}
+    handles = {}
     for ax, task in zip(axes.flat, tasks):
-        positive = True
+        lows, highs, missing = [], [], []
         for opt, s in sorted(results[task].items()):
             if kind == "train":
                 curves = s["plot_curves"]
                 if not curves:
+                    missing.append(opt)
                     continue
                 length = min(len(c) for c in curves)
                 steps = np.arange(1, length + 1)
                 stack = np.array([c[:length] for c in curves])
             else:
                 if not s["test_curves"]:
+                    missing.append(opt)
                     continue
                 length = min(len(v) for _, v in s["test_curves"])
                 steps = np.array(s["test_curves"][0][0][:length])
                 stack = np.array([v[:length] for _, v in s["test_curves"]])
-            mean, std = stack.mean(axis=0), stack.std(axis=0)
-            positive &= bool((mean - std > 0).all())
-            ax.plot(steps, mean, color=colors[opt], label=f"{opt} ({len(stack)} seeds)", lw=1.5)
-            ax.fill_between(steps, mean - std, mean + std, color=colors[opt], alpha=0.2, lw=0)
-            data.setdefault(task, {})[opt] = {"steps": steps.tolist(), "mean": mean.tolist(), "std": std.tolist()}
-        if positive and ax.lines:
-            lo = min(line.get_ydata().min() for line in ax.lines)
-            hi = max(line.get_ydata().max() for line in ax.lines)
-            if lo > 0 and hi / lo > 3:
-                ax.set_yscale("log")
-        ax.set_title(task)
+            mean = stack.mean(axis=0)
+            lo, hi = np.percentile(stack, 10, axis=0), np.percentile(stack, 90, axis=0)
+            lows.append(min(lo.min(), mean.min()))
+            highs.append(max(hi.max(), mean.max()))
+            label = opt if len(stack) == s["n_seeds"] else f"{opt} ({len(stack)}/{s['n_seeds']} seeds)"
+            (line,) = ax.plot(steps, mean, color=colors[opt], lw=1.5, label=label)
+            handles.setdefault(opt, line)
+            ax.fill_between(steps, lo, hi, color=colors[opt], alpha=0.2, lw=0)
+            data.setdefault(task, {})[opt] = {"steps": steps.tolist(), "mean": mean.tolist(), "p10": lo.tolist(),
+                                              "p90": hi.tolist(), "seeds": len(stack)}
+        finals = [abs(v["mean"][-1]) for v in data.get(task, {}).values()]
+        if lows and min(lows) > 0 and max(highs) / min(lows) > 3:
+            ax.set_yscale("log")
+        elif lows and finals and max(highs) > 30 * max(float(np.median(finals)), 1e-12):
+            # Losses that cross zero (noisy 2-D problems) with a large start: symmetric log axis,
+            # linear within a decade of the typical final loss.
+            ax.set_yscale("symlog", linthresh=10.0 ** math.floor(math.log10(max(float(np.median(finals)), 1e-8))))
+        title = task + (f"\n(no finished seed: {', '.join(missing)})" if missing else "")
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(f"training loss ({MIN_SMOOTH_WINDOW}-step mean)" if kind == "train" else "test loss")
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8, loc="best", framealpha=0.7)
+        partial = [h for h in ax.lines if "seeds)" in h.get_label()]
+        if partial:  # only optimizers with diverged seeds get a legend in the panel
+            ax.legend(handles=partial, fontsize=7, loc="best", framealpha=0.7)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.suptitle(("Training loss" if kind == "train" else "Test loss") + " of the tuned optimizers (mean ± std)")
-    fig.tight_layout()
+    what = "Training loss" if kind == "train" else "Test loss"
+    fig.suptitle(f"{what} of the tuned optimizers: mean over seeds, band 10th-90th percentile")
+    if handles:
+        fig.legend([handles[o] for o in sorted(handles)], sorted(handles), loc="upper center",
+                   ncol=min(len(handles), 6), bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.9 / fig.get_figheight()))
     fig.savefig(out / f"curves_{kind}.png", dpi=100)
     plt.close(fig)
     (out / f"curves_{kind}.json").write_text(json.dumps(_jsonable(data)))
