@@ -193,11 +193,10 @@ class AdamHD(L2OOptimizer):
                 torch._foreach_lerp_(m_list, g_list, 1 - beta1)
                 torch._foreach_mul_(v_list, beta2)
                 torch._foreach_addcmul_(v_list, g_list, g_list, value=1 - beta2)
+                # u = m_hat / (sqrt(v_hat) + eps) = m / (sqrt(v) * bc1 / sqrt(bc2) + eps * bc1).
                 denom = torch._foreach_sqrt(v_list)
-                torch._foreach_div_(denom, [(1 - beta2 ** s) ** 0.5 for s in step_values])
-                torch._foreach_add_(denom, eps)
-                # Fold the first-moment bias correction into the denominator: u = m / (bc1 * denom).
-                torch._foreach_mul_(denom, [1 - beta1 ** s for s in step_values])
+                torch._foreach_mul_(denom, [(1 - beta1 ** s) / (1 - beta2 ** s) ** 0.5 for s in step_values])
+                torch._foreach_add_(denom, [eps * (1 - beta1 ** s) for s in step_values])
                 new_directions = torch._foreach_div(m_list, denom)
                 torch._foreach_add_(p_list, new_directions, alpha=-lr)
                 for state, direction in zip(state_list, new_directions):
@@ -209,6 +208,9 @@ class AdamHD(L2OOptimizer):
                 step = scalar(step_t)
                 m.lerp_(g, 1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / (1 - beta2 ** step) ** 0.5).add_(eps).mul_(1 - beta1 ** step)
-                torch.div(m, denom, out=d)
+                # The denominator is built in the direction's buffer (its old value was used by the
+                # hypergradient above): no allocation, two passes fewer than sqrt / div / add / mul.
+                bias1 = 1 - beta1 ** step
+                torch.sqrt(v, out=d).mul_(bias1 / (1 - beta2 ** step) ** 0.5).add_(eps * bias1)
+                torch.div(m, d, out=d)
                 p.add_(d, alpha=-lr)
