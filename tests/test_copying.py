@@ -80,6 +80,27 @@ def test_short_copying_problem_is_learned(one_thread):
     assert result.final_test["accuracy"] > 0.5  # chance is 1/4
 
 
+def test_loss_on_copied_positions_only():
+    task_all = CopyingTask(delay=4, copy_length=3, num_symbols=5, hidden=8, eval_size=50)
+    task_copy = CopyingTask(delay=4, copy_length=3, num_symbols=5, hidden=8, eval_size=50, loss_on="copy")
+    assert task_copy.baseline_loss == pytest.approx(math.log(5))
+    params = task_all.init_params(torch.Generator().manual_seed(0))
+    inputs, targets, mask = next(task_all.batches(torch.Generator().manual_seed(1)))
+    logits = task_all.logits(params, inputs)
+    per_position = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    torch.testing.assert_close(task_all.loss(params, (inputs, targets, mask)), per_position.mean())
+    torch.testing.assert_close(task_copy.loss(params, (inputs, targets, mask)), per_position[:, -3:].mean())
+    # Blank positions do not count: changing their targets leaves the copy loss unchanged.
+    other = targets.clone()
+    other[:, :-3] = 1
+    assert task_copy.loss(params, (inputs, other, mask)) == task_copy.loss(params, (inputs, targets, mask))
+    assert task_all.loss(params, (inputs, other, mask)) != task_all.loss(params, (inputs, targets, mask))
+    e_all, e_copy = task_all.evaluate(params), task_copy.evaluate(params)
+    assert e_all["accuracy"] == e_copy["accuracy"] and e_all["loss"] != e_copy["loss"]
+    with pytest.raises(ValueError, match="loss_on"):
+        CopyingTask(loss_on="blanks")
+
+
 @pytest.mark.parametrize("kwargs,word", [({"delay": 0}, "delay"), ({"copy_length": 0}, "copy_length"),
                                          ({"num_symbols": 1}, "num_symbols"), ({"detach_prob": -0.1}, "detach_prob")])
 def test_bad_arguments_raise(kwargs, word):

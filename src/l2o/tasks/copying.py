@@ -13,6 +13,8 @@ Outputs are num_symbols + 1 classes (blank and letters).
 A memoryless network that predicts blanks and then guesses letters uniformly scores
 ``copy_length * log(num_symbols) / (delay + 2 * copy_length)`` (the "baseline" loss,
 :attr:`CopyingTask.baseline_loss`) and 1/num_symbols accuracy on the copied positions.
+With ``loss_on="copy"`` the loss averages only over the copied positions and the baseline is
+``log(num_symbols)``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ class CopyingTask(Task):
     (batch_size, length), and the h-detach decisions for this batch (``length`` booleans,
     Bernoulli(``detach_prob``), drawn from the same generator so runs are reproducible).
     ``loss`` is the mean cross-entropy over every position of every sequence, as in the
-    h-detach reference code; ``evaluate`` reports that loss and the accuracy on the copied
-    positions only, on a fixed held-out set (``"test"``) or a fixed sample of the training
+    h-detach paper (``loss_on="all"``), or over the ``copy_length`` copied positions only
+    (``loss_on="copy"``: the blanks are trivial to predict, and averaging over them scales the
+    useful part of the loss by ``copy_length / length``); ``evaluate`` reports that loss and
+    the accuracy on the copied positions only, on a fixed held-out set (``"test"``) or a fixed sample of the training
     distribution (``"train"``), both drawn from ``seed``.
 
     Args:
@@ -56,6 +60,7 @@ class CopyingTask(Task):
         detach_prob: h-detach probability p (0 gives a plain LSTM).
         eval_size: sequences in each held-out evaluation set.
         seed: seeds the evaluation sets.
+        loss_on: ``"all"`` (every position, the paper's loss) or ``"copy"`` (copied positions only).
     """
 
     name = "copying"
@@ -63,7 +68,7 @@ class CopyingTask(Task):
 
     def __init__(self, delay: int = 50, copy_length: int = 10, num_symbols: int = 8, hidden: int = 32,
                  batch_size: int = 32, steps: int = 300, detach_prob: float = 0.0, eval_size: int = 500,
-                 seed: int = 0):
+                 seed: int = 0, loss_on: str = "all"):
         if delay < 1:
             raise ValueError(f"delay must be >= 1, got {delay}")
         if copy_length < 1:
@@ -80,7 +85,10 @@ class CopyingTask(Task):
             raise ValueError(f"detach_prob must be in [0, 1], got {detach_prob}")
         self.delay, self.copy_length, self.num_symbols = int(delay), int(copy_length), int(num_symbols)
         self.hidden, self.batch_size, self.steps = int(hidden), int(batch_size), int(steps)
+        if loss_on not in ("all", "copy"):
+            raise ValueError(f"loss_on must be 'all' or 'copy', got {loss_on!r}")
         self.detach_prob, self.eval_size, self.seed = float(detach_prob), int(eval_size), int(seed)
+        self.loss_on = loss_on
         self.length = self.delay + 2 * self.copy_length
         self.vocab = self.num_symbols + 2
         self.classes = self.num_symbols + 1
@@ -91,6 +99,8 @@ class CopyingTask(Task):
     @property
     def baseline_loss(self) -> float:
         """Loss of the best memoryless predictor: blanks, then uniform guesses."""
+        if self.loss_on == "copy":
+            return math.log(self.num_symbols)
         return self.copy_length * math.log(self.num_symbols) / self.length
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -141,7 +151,11 @@ class CopyingTask(Task):
         else:
             inputs, targets, mask = batch
             mask = mask if bool(mask.any()) else None
-        logits = self.logits(params, inputs, mask)
+        return self._cross_entropy(self.logits(params, inputs, mask), targets)
+
+    def _cross_entropy(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.loss_on == "copy":
+            logits, targets = logits[:, -self.copy_length :], targets[:, -self.copy_length :]
         return torch.nn.functional.cross_entropy(logits.reshape(-1, self.classes), targets.reshape(-1))
 
     def evaluate(self, params: Params, split: str = "test") -> dict[str, float]:
@@ -150,11 +164,12 @@ class CopyingTask(Task):
         inputs, targets = self._eval[split]
         with torch.no_grad():
             logits = self.logits(params, inputs)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.classes), targets.reshape(-1))
+            loss = self._cross_entropy(logits, targets)
             copied = slice(self.length - self.copy_length, None)
             accuracy = (logits[:, copied].argmax(-1) == targets[:, copied]).float().mean()
         return {"loss": float(loss), "accuracy": float(accuracy)}
 
     def describe(self):
         return {**super().describe(), "delay": self.delay, "copy_length": self.copy_length,
-                "num_symbols": self.num_symbols, "hidden": self.hidden, "detach_prob": self.detach_prob}
+                "num_symbols": self.num_symbols, "hidden": self.hidden, "detach_prob": self.detach_prob,
+                "loss_on": self.loss_on}
