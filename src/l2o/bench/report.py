@@ -92,10 +92,12 @@ def collect(store: ResultsStore) -> dict[str, Any]:
             "test_accuracy": metrics.mean_std([r["final_test_accuracy"] if r["status"] == "complete" else None
                                                for r in rows]),
             "final_train_smoothed": [float(c[-1]) for c in train_curves if len(c)],
-            # every run of this optimizer on the task (tuning and diverged ones too): more samples
-            # of a number that depends on the optimizer, not on its learning rate
+            # every complete run of this optimizer on the task (tuning runs too: more samples of a
+            # number that depends little on the learning rate). Diverged runs are left out: they
+            # stop early, and fixed costs (evaluations) over few steps would inflate their time.
             "seconds_per_step": [r["seconds_per_step"] for r in store.runs(task=task, optimizer=opt)
-                                 if r["steps"] == sel["steps"] and r["seconds_per_step"]],
+                                 if r["steps"] == sel["steps"] and r["status"] == "complete"
+                                 and r["seconds_per_step"]],
             "train_curves": train_curves, "plot_curves": plot_curves, "test_curves": test_curves,
             "tuning": [(r["hparams"], r["seed"], r["selection_loss"] if r["status"] == "complete" else None)
                        for r in tune_rows],
@@ -153,8 +155,8 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
              "step from which Adam's seed-mean smoothed training loss stays below the optimizer's final "
              "seed-mean smoothed training loss (interpolated), over the optimizer's budget; Adam itself gets 1 "
              "(≥: Adam does not get there within its budget, the speedup is at least that). "
-             "Time/step ÷ SGD: median seconds per step over all the optimizer's runs on the task "
-             "(tuning runs included) over SGD's; runs at different times share the machine, so it is rough. "
+             "Time/step ÷ SGD: seconds per step (evaluations included) of the optimizer's fastest complete run "
+             "on the task (tuning runs included) over SGD's fastest; load from other jobs only adds time. "
              "Hyperparameters were chosen on validation/training loss, never on test numbers.", ""]
     summary_json: dict[str, Any] = {}
     for task, per_opt in sorted(results.items()):
