@@ -91,7 +91,8 @@ def _run(args) -> int:
         print(f"l2o: error: {exc}", file=sys.stderr)
         return 3
     for phase, c in totals.items():
-        print(f"{phase}: {c.done} run, {c.skipped} already stored, {c.diverged} diverged, {c.failed} failed")
+        print(f"{phase}: {c.done} run{'s' if c.done != 1 else ''} done ({c.diverged} diverged, {c.failed} failed), "
+              f"{c.skipped} already stored")
     failed = sum(c.failed for c in totals.values())
     if failed:
         print(f"{failed} run(s) failed (an exception, recorded with its message in the results file); "
