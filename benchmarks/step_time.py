@@ -7,6 +7,11 @@ affects them alike, and the median over rounds is kept. Ratios are to ``torch.op
 with default settings (on the CPU that is its per-tensor loop) and to ``torch.optim.Adam(fused=True)``
 (a single pass over memory: the practical limit).
 
+Two rows are not optimizers but the floor of SGLD's step: filling one buffer per tensor with
+standard normal numbers from a ``torch.Generator`` (``normal_``, what SGLD draws every step), and
+filling int32 buffers of the same sizes with raw random bits (``random_``, the Mersenne-twister
+output that ``normal_`` transforms).
+
 Usage::
 
     python benchmarks/step_time.py                 # writes benchmarks/results/step_time.json
@@ -51,7 +56,26 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("yellowfin (default)", "yellowfin", {}),
     ("yellowfin loop", "yellowfin", dict(foreach=False)),
     ("yellowfin foreach", "yellowfin", dict(foreach=True)),
+    ("floor: normal_ noise alone", "floor:normal", {}),
+    ("floor: random_ int32 bits alone", "floor:bits", {}),
 ]
+
+
+class NoiseFloor:
+    """Draws what an SGLD step draws (``normal_``) or only the raw random bits, on each ``step()``."""
+
+    def __init__(self, params, what: str):
+        dtype = torch.int32 if what == "bits" else None
+        self.buffers = [torch.empty_like(p, dtype=dtype) for p in params]
+        self.generator = torch.Generator().manual_seed(0)
+        self.what = what
+
+    def step(self):
+        for buffer in self.buffers:
+            if self.what == "bits":
+                buffer.random_(generator=self.generator)
+            else:
+                buffer.normal_(generator=self.generator)
 
 
 def make_tensors(seed: int = 0) -> list[torch.Tensor]:
@@ -67,6 +91,8 @@ def make_tensors(seed: int = 0) -> list[torch.Tensor]:
 
 
 def build(kind: str, params, kwargs: dict):
+    if kind.startswith("floor:"):
+        return NoiseFloor(params, kind.split(":", 1)[1])
     if kind.startswith("torch:"):
         return getattr(torch.optim, kind.split(":", 1)[1])(params, **kwargs)
     return l2o.optim.create(kind, params, **kwargs)
