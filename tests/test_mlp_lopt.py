@@ -62,6 +62,91 @@ def test_chunked_deployment_path_matches_the_differentiable_path():
     assert float((p_fast["w"] - params["w"]).abs().max()) > 1e-3
 
 
+def _reference_step(rule: MLPRule, p, g, m, v, t):
+    """The rule's equations written out plainly, one tensor at a time (docs/methods/mlp_lopt.md)."""
+    beta = rule.beta_vec.to(p.dtype).view(-1, *([1] * p.dim()))  # the rule's constants, as stored
+    m = beta * m + (1 - beta) * g
+    v = rule.rms_beta * v + (1 - rule.rms_beta) * g * g
+    r = 1 / torch.sqrt(v + rule.eps)
+    rows = [g, *m, torch.sqrt(v), p, g * r, *(m * r)]
+    x = torch.stack([f.flatten() / torch.sqrt((f * f).mean() + rule.eps) for f in rows], dim=1)  # (n, F)
+    tau = rule.timescales.to(p.dtype)
+    progress = torch.tanh(torch.tensor(float(t), dtype=p.dtype) / tau - 1)
+    h = x @ rule.coord_in.weight.T + rule.coord_in.bias + rule.global_in.weight @ progress
+    if rule.head is not None:
+        h = torch.relu(h)
+        for lin in rule.hidden_stack:
+            h = torch.relu(lin(h))
+        h = rule.head(h)
+    step = rule.step_mult * h[:, 0] * torch.exp(rule.exp_mult * h[:, 1])
+    return p - step.view(p.shape), m, v
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("hidden_layers", [1, 2, 0])
+def test_in_place_deployment_step_matches_a_plain_reference(dtype, hidden_layers):
+    rule = _trained_like(MLPRule(hidden=8, hidden_layers=hidden_layers), seed=hidden_layers).to(dtype)
+    rule.fast_threshold, rule.fast_chunk = 100, 96  # several chunks, the last one partial
+    gen = torch.Generator().manual_seed(3)
+    shapes = {"w": (30, 25), "big_one_chunk": (90,), "small": (7,)}
+    params = {k: torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for k, s in shapes.items()}
+    live = {k: v.clone() for k, v in params.items()}
+    state = rule.init_state(live)
+    ref = {k: (v.clone(), torch.zeros(len(rule.betas), *v.shape, dtype=dtype), torch.zeros_like(v))
+           for k, v in params.items()}
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-6}
+    for t in range(1, 5):
+        grads = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64).to(dtype) * 10.0 ** (t - 3)
+                 for k, v in params.items()}
+        rule.update_(grads, state, live)
+        for k in params:
+            with torch.no_grad():
+                ref[k] = _reference_step(rule, ref[k][0], grads[k], ref[k][1], ref[k][2], t)
+            torch.testing.assert_close(live[k], ref[k][0], **tol)
+            torch.testing.assert_close(state[k]["m"], ref[k][1], **tol)
+            torch.testing.assert_close(state[k]["v"], ref[k][2], **tol)
+            assert int(state[k]["step"]) == t
+    moved = float((live["w"] - params["w"]).abs().max())
+    assert moved > 1e-3  # the comparison is not between two unchanged tensors
+
+
+def test_in_place_step_lr_scales_the_step():
+    rule = _trained_like(MLPRule(hidden=8)).double()
+    rule.fast_threshold, rule.fast_chunk = 10, 64
+    gen = torch.Generator().manual_seed(5)
+    p0 = {"w": torch.randn(20, 10, generator=gen, dtype=torch.float64),
+          "b": torch.randn(5, generator=gen, dtype=torch.float64)}
+    grads = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in p0.items()}
+    full, half = {k: v.clone() for k, v in p0.items()}, {k: v.clone() for k, v in p0.items()}
+    rule.update_(grads, rule.init_state(full), full)
+    rule.update_(grads, rule.init_state(half), half, lr={"w": 0.5, "b": 0.5})
+    for k in p0:
+        torch.testing.assert_close(half[k] - p0[k], 0.5 * (full[k] - p0[k]))
+
+
+def test_learned_optimizer_state_dict_is_a_snapshot_with_in_place_steps():
+    rule = _trained_like(MLPRule(hidden=8))
+    rule.fast_threshold = 8  # the first layer (32 weights) takes the in-place chunked path
+    data = (torch.randn(32, 4), torch.randn(32, 1))
+    model = _model()
+    opt = LearnedOptimizer(model.parameters(), rule=rule)
+    _train_steps(model, opt, 2, data)
+    snapshot = opt.state_dict()
+    frozen = copy.deepcopy(snapshot)
+    _train_steps(model, opt, 2, data)
+    for k, s in snapshot["state"].items():
+        for name, value in s.items():
+            assert torch.equal(value, frozen["state"][k][name])  # later steps did not write into it
+    model2 = _model()
+    other = LearnedOptimizer(model2.parameters(), rule=rule)
+    other.load_state_dict(snapshot)
+    before = copy.deepcopy(snapshot)
+    _train_steps(model2, other, 1, data)
+    for k, s in snapshot["state"].items():
+        for name, value in s.items():
+            assert torch.equal(value, before["state"][k][name])  # loading copies, stepping does not alias
+
+
 def test_batch_dims_normalizes_per_task():
     rule = _trained_like(MLPRule(hidden=8)).double()
     singles = [{"w": torch.randn(4, 6, dtype=torch.float64) * s} for s in (1.0, 100.0)]

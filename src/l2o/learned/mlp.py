@@ -138,78 +138,142 @@ class MLPRule(LearnedRule):
                 new_params[name], new_state[name] = self._update_tensor(p, g, state[name], batch_dims)
         return new_params, new_state
 
-    #: tensors larger than this take the chunked path when no gradient is being recorded.
-    fast_threshold: int = 65536
+    #: tensors with more coordinates than this take the deployment path when no gradient is
+    #: being recorded (smaller ones: the differentiable path, where per-op overhead dominates).
+    fast_threshold: int = 4096
+    #: coordinates per chunk of the deployment path (its buffers, reused across steps, hold
+    #: about ``(n_coord_features + hidden + 4) * fast_chunk`` numbers).
     fast_chunk: int = 65536
 
+    @torch.no_grad()
+    def update_(self, grads: ParamDict, state: StateDict, params: ParamDict, lr: dict[str, float] | None = None) -> None:
+        """The step of :meth:`update` done in place (deployment; no autograd).
+
+        ``params[name]`` and the tensors in ``state[name]`` are overwritten: no memory is allocated
+        per step for the new parameters and accumulators (fresh allocations of this size cost
+        page faults that take longer than the step's arithmetic). ``lr[name]`` multiplies the
+        step (default 1). Tensors without a gradient are left alone.
+        """
+        for name, p in params.items():
+            g = grads.get(name)
+            if g is None:
+                continue
+            st = state[name]
+            scale = 1.0 if lr is None else float(lr.get(name, 1.0))
+            contiguous = p.is_contiguous() and st["m"].is_contiguous() and st["v"].is_contiguous()
+            if p.numel() > self.fast_threshold and contiguous:
+                self._fast_step(p, g, st["m"], st["v"], st["step"], p, st["m"], st["v"], scale)
+                st["step"] = st["step"] + 1
+                continue
+            new_p, new_st = self._update_tensor(p, g, st, 0)
+            if scale == 1.0:
+                p.copy_(new_p)
+            else:
+                p.add_(new_p - p, alpha=scale)
+            st["m"].copy_(new_st["m"])
+            st["v"].copy_(new_st["v"])
+            st["step"] = new_st["step"]
+
     def _update_tensor_fast(self, p: Tensor, g: Tensor, st: dict[str, Tensor]):
-        """The same step as :meth:`_update_tensor` (deployment, no autograd), computed in chunks of
-        coordinates so that the feature matrix and hidden activations stay in cache, with the
-        per-tensor normalization folded into the first layer."""
+        """Out-of-place deployment step (see :meth:`_fast_step`)."""
+        m, v, new_p = torch.empty_like(st["m"]), torch.empty_like(st["v"]), torch.empty_like(p)
+        self._fast_step(p, g, st["m"], st["v"], st["step"], new_p, m, v, 1.0)
+        return new_p, {"m": m, "v": v, "step": st["step"] + 1}
+
+    def _workspace(self, dtype: torch.dtype, device: torch.device, chunk: int) -> dict[str, Tensor]:
+        """Buffers of the deployment path, allocated once per (dtype, device, chunk) and reused."""
+        key = (dtype, device, chunk)
+        cache = self.__dict__.setdefault("_fast_buffers", {})
+        ws = cache.get(key)
+        if ws is None:
+            cache.clear()  # one set at a time
+            width = self.hidden if self.hidden_layers else 2
+            ws = {"feats": torch.empty(self.n_coord_features, chunk, dtype=dtype, device=device),
+                  "hidden": torch.empty(width, chunk, dtype=dtype, device=device),
+                  "out": torch.empty(2, chunk, dtype=dtype, device=device),
+                  "r": torch.empty(chunk, dtype=dtype, device=device)}
+            cache[key] = ws
+        return ws
+
+    def _fast_step(self, p: Tensor, g: Tensor, m_old: Tensor, v_old: Tensor, step_old: Tensor,
+                   p_out: Tensor, m_out: Tensor, v_out: Tensor, lr: float) -> None:
+        """The step of :meth:`_update_tensor` for one tensor (no autograd), written into
+        ``p_out``, ``m_out``, ``v_out`` (which may be ``p``, ``m_old``, ``v_old`` themselves),
+        computed in chunks of coordinates that stay in cache, with buffers reused across steps.
+
+        Pass 1 updates the accumulators and sums each feature's square over the tensor; pass 2
+        rebuilds each chunk's features (cheaper than storing ``n_coord_features`` numbers per
+        coordinate) and applies the MLP, with the per-tensor normalization folded into the
+        first layer's weights (``W (x * s) = (W * s) x``)."""
         n, nb = p.numel(), len(self.betas)
-        dtype = p.dtype
-        beta = self.beta_vec.to(dtype).unsqueeze(1)
-        one_minus_beta = 1.0 - beta
-        gf, pf = g.reshape(n), p.reshape(n)
-        m_old, v_old = st["m"].reshape(nb, n), st["v"].reshape(n)
-        m, v = torch.empty_like(m_old), torch.empty_like(v_old)
-        new_p = torch.empty_like(pf)
-        step = st["step"] + 1
+        dtype, device = p.dtype, p.device
         nf = self.n_coord_features
         chunk = min(self.fast_chunk, n)
-        buf = torch.empty(nf, chunk, dtype=dtype, device=p.device)
-        rbuf = torch.empty(chunk, dtype=dtype, device=p.device)
+        ws = self._workspace(dtype, device, chunk)
+        beta = self.beta_vec.to(dtype).unsqueeze(1)
+        one_minus_beta = 1.0 - beta
+        gf, pf, newp = g.reshape(n), p.reshape(n), p_out.view(n)
+        m0, v0 = m_old.reshape(nb, n), v_old.reshape(n)
+        m, v = m_out.view(nb, n), v_out.view(n)
+        feats, rbuf = ws["feats"], ws["r"]
+        # Feature rows (the order of ``_update_tensor``): g, m_b, sqrt(v), p, g r, m_b r; rows
+        # 0..nb and 3+nb.. are the same quantities before and after multiplying by r.
+        scaled = slice(3 + nb, nf)
 
-        def features(lo: int, hi: int) -> Tensor:
+        def scaled_rows(f: Tensor, lo: int, hi: int) -> None:
+            """g r and m_b r, with r = 1 / sqrt(v + eps)."""
+            r = rbuf[:hi - lo]
+            torch.add(v[lo:hi], self.eps, out=r).rsqrt_()
+            torch.mul(gf[lo:hi], r, out=f[scaled.start])
+            torch.mul(m[:, lo:hi], r, out=f[scaled.start + 1:])
+
+        # Pass 1: accumulators, and each feature's sum of squares over the tensor: chunk norms of
+        # m_b, g r and m_b r (squared, summed); dot products for g, p and the sum of v = (sqrt v)^2.
+        nchunks = -(-n // chunk)
+        norms = torch.empty(nchunks, 2 * nb + 1, dtype=dtype, device=device)
+        for i, lo in enumerate(range(0, n, chunk)):
+            hi = min(lo + chunk, n)
+            f, gc, vc, mc = feats[:, :hi - lo], gf[lo:hi], v[lo:hi], m[:, lo:hi]
+            torch.mul(m0[:, lo:hi], beta, out=mc).addcmul_(one_minus_beta, gc)
+            torch.mul(v0[lo:hi], self.rms_beta, out=vc).addcmul_(gc, gc, value=1.0 - self.rms_beta)
+            scaled_rows(f, lo, hi)
+            torch.linalg.vector_norm(mc, dim=1, out=norms[i, :nb])
+            torch.linalg.vector_norm(f[scaled], dim=1, out=norms[i, nb:])
+        sq = norms.to(torch.float64).square_().sum(dim=0)
+        sumsq = torch.cat([torch.stack([torch.dot(gf, gf).double()]), sq[:nb],
+                           torch.stack([v.sum(dtype=torch.float64), torch.dot(pf, pf).double()]), sq[nb:]])
+        step = step_old + 1
+        scale = torch.rsqrt((sumsq / n).to(dtype) + self.eps)
+        w_in = self.coord_in.weight * scale
+        bias = (self.coord_in.bias + self.global_in(progress_features(step, self.timescales.to(dtype)))).unsqueeze(1)
+        # Output rows pre-multiplied: row 0 by step_mult * lr (the step), row 1 by exp_mult.
+        out_mult = torch.tensor([[self.step_mult * lr], [self.exp_mult]], dtype=dtype, device=device)
+        if self.head is None:
+            w_in, bias = w_in * out_mult, bias * out_mult
+        else:
+            w_out, b_out = self.head.weight * out_mult, self.head.bias.unsqueeze(1) * out_mult
+        hbuf, obuf = ws["hidden"], ws["out"]
+        # Pass 2: features again (still in the buffer when there is a single chunk), MLP, update.
+        for lo in range(0, n, chunk):
+            hi = min(lo + chunk, n)
             c = hi - lo
-            f, r = buf[:, :c], rbuf[:c]
-            torch.add(v[lo:hi], self.eps, out=r)
-            r.rsqrt_()
+            f, vc = feats[:, :c], v[lo:hi]
             f[0].copy_(gf[lo:hi])
             f[1:1 + nb].copy_(m[:, lo:hi])
-            torch.sqrt(v[lo:hi], out=f[1 + nb])
+            if chunk < n:
+                r = torch.add(vc, self.eps, out=rbuf[:c]).rsqrt_()
+                torch.mul(f[:1 + nb], r, out=f[scaled])
+            torch.sqrt(vc, out=f[1 + nb])
             f[2 + nb].copy_(pf[lo:hi])
-            torch.mul(gf[lo:hi], r, out=f[3 + nb])
-            torch.mul(m[:, lo:hi], r, out=f[4 + nb:])
-            return f
-
-        # Pass 1: accumulators, and each feature's sum of squares without building the features:
-        # (sqrt v)^2 = v, (g r)^2 = g^2 / (v + eps), (m r)^2 = m^2 / (v + eps).
-        sumsq = torch.zeros(nf, dtype=torch.float64, device=p.device)
-        inv = torch.empty(chunk, dtype=dtype, device=p.device)
-        tmp = torch.empty(chunk, dtype=dtype, device=p.device)
-        msq = torch.empty(nb, chunk, dtype=dtype, device=p.device)
-        for lo in range(0, n, chunk):
-            hi = min(lo + chunk, n)
-            c = hi - lo
-            gc, pc, vc, mc = gf[lo:hi], pf[lo:hi], v[lo:hi], m[:, lo:hi]
-            torch.mul(m_old[:, lo:hi], beta, out=mc).addcmul_(one_minus_beta, gc.unsqueeze(0))
-            torch.mul(v_old[lo:hi], self.rms_beta, out=vc).addcmul_(gc, gc, value=1.0 - self.rms_beta)
-            torch.add(vc, self.eps, out=inv[:c]).reciprocal_()
-            torch.mul(mc, mc, out=msq[:, :c])
-            torch.mul(gc, inv[:c], out=tmp[:c])
-            parts = torch.stack([torch.dot(gc, gc), vc.sum(), torch.dot(pc, pc), torch.dot(tmp[:c], gc)])
-            sumsq[0] += parts[0]
-            sumsq[1:1 + nb] += msq[:, :c].sum(dim=1)
-            sumsq[1 + nb:3 + nb] += parts[1:3]
-            sumsq[3 + nb] += parts[3]
-            sumsq[4 + nb:] += torch.mv(msq[:, :c], inv[:c])
-        scale = torch.rsqrt((sumsq / n).to(dtype) + self.eps)
-        w_in = self.coord_in.weight * scale.unsqueeze(0)
-        bias = (self.coord_in.bias + self.global_in(progress_features(step, self.timescales.to(dtype)))).unsqueeze(1)
-        hidden = torch.empty(w_in.shape[0], chunk, dtype=dtype, device=p.device)
-        for lo in range(0, n, chunk):
-            hi = min(lo + chunk, n)
-            f = features(lo, hi)
-            h = torch.addmm(bias, w_in, f, out=hidden[:, : hi - lo])
-            if self.head is not None:
-                h.relu_()
+            if self.head is None:
+                out = torch.addmm(bias, w_in, f, out=obuf[:, :c])
+            else:
+                h = torch.addmm(bias, w_in, f, out=hbuf[:, :c]).relu_()
                 for lin in self.hidden_stack:
                     h = torch.relu(torch.addmm(lin.bias.unsqueeze(1), lin.weight, h))
-                h = torch.addmm(self.head.bias.unsqueeze(1), self.head.weight, h)
-            delta = h[1].mul(self.exp_mult).exp_().mul_(h[0]).mul_(self.step_mult)
-            torch.sub(pf[lo:hi], delta, out=new_p[lo:hi])
-        return new_p.view_as(p), {"m": m.view_as(st["m"]), "v": v.view_as(p), "step": step}
+                out = torch.addmm(b_out, w_out, h, out=obuf[:, :c])
+            # p - step_mult * d * exp(exp_mult * s)
+            torch.addcmul(pf[lo:hi], out[0], out[1].exp_(), value=-1.0, out=newp[lo:hi])
 
     def _update_tensor(self, p: Tensor, g: Tensor, st: dict[str, Tensor], batch_dims: int):
         tasks = p.shape[0] if batch_dims else 1
@@ -231,11 +295,13 @@ class MLPRule(LearnedRule):
         scale = torch.rsqrt(feats.square().mean(dim=-1) + self.eps)  # (tasks, F)
         w_in = self.coord_in.weight.unsqueeze(0) * scale.unsqueeze(1)  # (tasks, H, F)
         bias = self.coord_in.bias + self.global_in(progress_features(step, self.timescales.to(p.dtype)))
-        bias = bias.view(1, -1, 1).expand(tasks, -1, 1)
+        bias = bias.view(1, -1, 1)
         chunk = n if torch.is_grad_enabled() else 32768  # cache-sized chunks when deployed
         outs = []
         for lo in range(0, n, chunk):
-            h = torch.baddbmm(bias, w_in, feats[..., lo:lo + chunk])  # (tasks, H, c)
+            # bmm, then the bias added by broadcasting: faster than baddbmm, which first copies a
+            # bias expanded to the output's shape (forward) and reduces over it (backward).
+            h = torch.bmm(w_in, feats[..., lo:lo + chunk]) + bias  # (tasks, H, c)
             if self.head is not None:
                 h = torch.relu(h)
                 for lin in self.hidden_stack:

@@ -88,6 +88,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 states[key] = dict(state)
         if not entries:
             return loss
+        in_place = getattr(self.rule, "update_", None)
+        if in_place is not None:  # the rule overwrites parameters and state: no per-step allocation
+            in_place(grads, {key: self.state[p] for key, p, _ in entries}, params,
+                     {key: lr for key, _, lr in entries})
+            return loss
         new_params, new_states = self.rule.update(grads, states, params)
         for key, p, lr in entries:
             if lr == 1.0:
@@ -97,3 +102,21 @@ class LearnedOptimizer(torch.optim.Optimizer):
             # A new dict (not update in place): a state_dict() taken earlier stays a snapshot.
             self.state[p] = dict(new_states[key])
         return loss
+
+    def state_dict(self) -> dict:
+        """As ``torch.optim.Optimizer.state_dict``, with the state tensors copied: the result is a
+        snapshot even for rules that update their state in place."""
+        result = super().state_dict()
+        result["state"] = {k: _copy_tensors(s) for k, s in result["state"].items()}
+        return result
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As ``torch.optim.Optimizer.load_state_dict``; the optimizer keeps its own copies of the
+        state tensors, so in-place steps never write into ``state_dict``."""
+        super().load_state_dict(state_dict)
+        for p in list(self.state):
+            self.state[p] = _copy_tensors(self.state[p])
+
+
+def _copy_tensors(state: dict) -> dict:
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
