@@ -8,7 +8,9 @@
    LSTM rule beside it, on a model of about one million parameters, divided by
    ``torch.optim.Adam()`` (default settings) on the same model. The optimizers are timed in
    interleaved rounds (each once per round) so that load from other processes hits them alike;
-   medians are kept.
+   medians are kept, of wall-clock time and of process CPU time (the latter is not inflated
+   when another process takes the core for a while). Beside them, the MLP's matrix products
+   alone on as many coordinates (the part no rearrangement of the feature computation removes).
 3. Peak memory of meta-training: the peak resident set size of a fresh process that runs
    batched meta-training (batch 8, unroll 20), next to the same process's RSS just before
    training starts.
@@ -76,30 +78,35 @@ def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int) -> d
     rule = MLPRule()
     tasks = digits_tasks(batch)
 
+    work = batch * unroll * truncations
+
     def batched():
         episode = start_episode(rule, tasks, list(range(batch)), 10**6)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(truncations):
             batched_unroll(rule, episode, unroll).meta_loss.backward()
-        return batch * unroll * truncations / (time.perf_counter() - start)
+        return work / (time.perf_counter() - start), work / (time.process_time() - cpu)
 
     def looped():
         episodes = [start_episode(rule, [t], [i], 10**6) for i, t in enumerate(tasks)]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(truncations):
             for episode in episodes:
                 batched_unroll(rule, episode, unroll).meta_loss.backward()
-        return batch * unroll * truncations / (time.perf_counter() - start)
+        return work / (time.perf_counter() - start), work / (time.process_time() - cpu)
 
     batched(), looped()  # warm up
     results = {"batched": [], "looped": []}
     for _ in range(rounds):
         results["batched"].append(batched())
         results["looped"].append(looped())
-    b, lo = statistics.median(results["batched"]), statistics.median(results["looped"])
+    b, lo = (statistics.median(x[0] for x in results[k]) for k in ("batched", "looped"))
+    bc, lc = (statistics.median(x[1] for x in results[k]) for k in ("batched", "looped"))
     return {"batch": batch, "unroll": unroll, "truncations_per_round": truncations, "rounds": rounds,
             "batched_inner_steps_per_s": round(b, 1), "looped_inner_steps_per_s": round(lo, 1),
-            "speedup": round(b / lo, 2)}
+            "speedup": round(b / lo, 2),
+            "per_cpu_second": {"batched_inner_steps": round(bc, 1), "looped_inner_steps": round(lc, 1),
+                               "speedup": round(bc / lc, 2)}}
 
 
 def one_million_model() -> torch.nn.Module:
@@ -118,10 +125,38 @@ def step_times(rounds: int, steps: int) -> dict:
 
         return PRETRAINED.load("mlp-general") if "mlp-general" in PRETRAINED else MLPRule()
 
+    def lstm_rule():
+        from l2o.learned.weights import PRETRAINED
+
+        return PRETRAINED.load("l2l-digits") if "l2l-digits" in PRETRAINED else LSTMRule()
+
+    class MatmulsOnly:
+        """The MLP's matrix products alone (first layer, ReLU, output layer) over as many
+        coordinates as the model has, in the deployment path's chunks: a floor for any
+        implementation that evaluates the same network with these library matmuls."""
+
+        def __init__(self, ps):
+            rule = mlp_rule()
+            self.n = sum(p.numel() for p in ps)
+            self.chunk = rule.fast_chunk
+            gen = torch.Generator().manual_seed(2)
+            self.feats = torch.randn(rule.n_coord_features, self.chunk, generator=gen)
+            self.hidden = torch.empty(rule.hidden, self.chunk)
+            self.out = torch.empty(2, self.chunk)
+            self.w1, self.b1 = rule.coord_in.weight.detach(), rule.coord_in.bias.detach().unsqueeze(1)
+            self.w2, self.b2 = rule.head.weight.detach(), rule.head.bias.detach().unsqueeze(1)
+
+        def step(self):
+            for lo in range(0, self.n, self.chunk):
+                c = min(self.chunk, self.n - lo)
+                h = torch.addmm(self.b1, self.w1, self.feats[:, :c], out=self.hidden[:, :c]).relu_()
+                torch.addmm(self.b2, self.w2, h, out=self.out[:, :c])
+
     factories = {
         "adam (default)": lambda ps: torch.optim.Adam(ps),
+        "mlp matmuls only (floor)": lambda ps: MatmulsOnly(list(ps)),
         "mlp learned optimizer": lambda ps: LearnedOptimizer(ps, rule=mlp_rule()),
-        "lstm learned optimizer": lambda ps: LearnedOptimizer(ps, rule=LSTMRule()),
+        "lstm learned optimizer": lambda ps: LearnedOptimizer(ps, rule=lstm_rule()),
     }
     setups = {}
     n_params = 0
@@ -135,17 +170,22 @@ def step_times(rounds: int, steps: int) -> dict:
         opt.step()  # state allocation outside the timing
         setups[name] = opt
     times = {name: [] for name in setups}
+    cpu = {name: [] for name in setups}
     for _ in range(rounds):
         for name, opt in setups.items():
             count = 1 if name.startswith("lstm") else steps  # the LSTM takes seconds per step
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(count):
                 opt.step()
             times[name].append((time.perf_counter() - start) / count)
-    adam = statistics.median(times["adam (default)"])
+            cpu[name].append((time.process_time() - cpu_start) / count)
+    adam, adam_cpu = statistics.median(times["adam (default)"]), statistics.median(cpu["adam (default)"])
     return {"parameters": n_params, "rounds": rounds, "steps_per_round": steps, "lstm_steps_per_round": 1,
+            "lstm_weights": "l2l-digits",
             "seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
-            "ratio_to_adam": {k: round(statistics.median(v) / adam, 2) for k, v in times.items()}}
+            "ratio_to_adam": {k: round(statistics.median(v) / adam, 2) for k, v in times.items()},
+            "cpu_seconds_per_step": {k: statistics.median(v) for k, v in cpu.items()},
+            "cpu_ratio_to_adam": {k: round(statistics.median(v) / adam_cpu, 2) for k, v in cpu.items()}}
 
 
 def peak_memory(outer_steps: int) -> dict:
@@ -167,7 +207,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mlp_lopt.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+    result = {"command": "python benchmarks/mlp_lopt.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
               "threads": 1}
     print("peak memory ...", file=sys.stderr)
     result["meta_training_memory"] = peak_memory(args.memory_steps)

@@ -191,9 +191,25 @@ class MLPRule(LearnedRule):
             ws = {"feats": torch.empty(self.n_coord_features, chunk, dtype=dtype, device=device),
                   "hidden": torch.empty(width, chunk, dtype=dtype, device=device),
                   "out": torch.empty(2, chunk, dtype=dtype, device=device),
-                  "r": torch.empty(chunk, dtype=dtype, device=device)}
+                  "r": torch.empty(chunk, dtype=dtype, device=device),
+                  "views": {}}
             cache[key] = ws
         return ws
+
+    def _chunk_views(self, ws: dict, c: int) -> tuple[Tensor, ...]:
+        """Views of the buffers for a chunk of ``c`` coordinates (kept: building views costs
+        Python time on every chunk otherwise)."""
+        views = ws["views"].get(c)
+        if views is None:
+            nb, nf = len(self.betas), self.n_coord_features
+            f, h, o, r = ws["feats"][:, :c], ws["hidden"][:, :c], ws["out"][:, :c], ws["r"][:c]
+            # f, g, m_b, sqrt v, p, g r, m_b r, [g, m_b], [g r, m_b r], hidden, out, r
+            views = (f, f[0], f[1:1 + nb], f[1 + nb], f[2 + nb], f[3 + nb], f[4 + nb:], f[:1 + nb], f[3 + nb:nf],
+                     h, o, r)
+            if len(ws["views"]) > 4:
+                ws["views"].clear()
+            ws["views"][c] = views
+        return views
 
     def _fast_step(self, p: Tensor, g: Tensor, m_old: Tensor, v_old: Tensor, step_old: Tensor,
                    p_out: Tensor, m_out: Tensor, v_out: Tensor, lr: float) -> None:
@@ -207,38 +223,30 @@ class MLPRule(LearnedRule):
         first layer's weights (``W (x * s) = (W * s) x``)."""
         n, nb = p.numel(), len(self.betas)
         dtype, device = p.dtype, p.device
-        nf = self.n_coord_features
         chunk = min(self.fast_chunk, n)
         ws = self._workspace(dtype, device, chunk)
         beta = self.beta_vec.to(dtype).unsqueeze(1)
         one_minus_beta = 1.0 - beta
         gf, pf, newp = g.reshape(n), p.reshape(n), p_out.view(n)
-        m0, v0 = m_old.reshape(nb, n), v_old.reshape(n)
         m, v = m_out.view(nb, n), v_out.view(n)
-        feats, rbuf = ws["feats"], ws["r"]
-        # Feature rows (the order of ``_update_tensor``): g, m_b, sqrt(v), p, g r, m_b r; rows
-        # 0..nb and 3+nb.. are the same quantities before and after multiplying by r.
-        scaled = slice(3 + nb, nf)
-
-        def scaled_rows(f: Tensor, lo: int, hi: int) -> None:
-            """g r and m_b r, with r = 1 / sqrt(v + eps)."""
-            r = rbuf[:hi - lo]
-            torch.add(v[lo:hi], self.eps, out=r).rsqrt_()
-            torch.mul(gf[lo:hi], r, out=f[scaled.start])
-            torch.mul(m[:, lo:hi], r, out=f[scaled.start + 1:])
+        # Chunk views made in one call each.
+        g_c, p_c, out_c = gf.split(chunk), pf.split(chunk), newp.split(chunk)
+        m_c, v_c = m.split(chunk, dim=1), v.split(chunk)
+        m0_c, v0_c = m_old.reshape(nb, n).split(chunk, dim=1), v_old.reshape(n).split(chunk)
+        # Feature rows (the order of ``_update_tensor``): g, m_b, sqrt(v), p, g r, m_b r.
 
         # Pass 1: accumulators, and each feature's sum of squares over the tensor: chunk norms of
         # m_b, g r and m_b r (squared, summed); dot products for g, p and the sum of v = (sqrt v)^2.
-        nchunks = -(-n // chunk)
-        norms = torch.empty(nchunks, 2 * nb + 1, dtype=dtype, device=device)
-        for i, lo in enumerate(range(0, n, chunk)):
-            hi = min(lo + chunk, n)
-            f, gc, vc, mc = feats[:, :hi - lo], gf[lo:hi], v[lo:hi], m[:, lo:hi]
-            torch.mul(m0[:, lo:hi], beta, out=mc).addcmul_(one_minus_beta, gc)
-            torch.mul(v0[lo:hi], self.rms_beta, out=vc).addcmul_(gc, gc, value=1.0 - self.rms_beta)
-            scaled_rows(f, lo, hi)
+        norms = torch.empty(len(g_c), 2 * nb + 1, dtype=dtype, device=device)
+        for i, (gc, mc, vc) in enumerate(zip(g_c, m_c, v_c)):
+            _, _, _, _, _, f_gr, f_mr, _, f_scaled, _, _, r = self._chunk_views(ws, gc.shape[0])
+            torch.mul(m0_c[i], beta, out=mc).addcmul_(one_minus_beta, gc)
+            torch.mul(v0_c[i], self.rms_beta, out=vc).addcmul_(gc, gc, value=1.0 - self.rms_beta)
+            torch.add(vc, self.eps, out=r).rsqrt_()
+            torch.mul(gc, r, out=f_gr)
+            torch.mul(mc, r, out=f_mr)
             torch.linalg.vector_norm(mc, dim=1, out=norms[i, :nb])
-            torch.linalg.vector_norm(f[scaled], dim=1, out=norms[i, nb:])
+            torch.linalg.vector_norm(f_scaled, dim=1, out=norms[i, nb:])
         sq = norms.to(torch.float64).square_().sum(dim=0)
         sumsq = torch.cat([torch.stack([torch.dot(gf, gf).double()]), sq[:nb],
                            torch.stack([v.sum(dtype=torch.float64), torch.dot(pf, pf).double()]), sq[nb:]])
@@ -252,28 +260,28 @@ class MLPRule(LearnedRule):
             w_in, bias = w_in * out_mult, bias * out_mult
         else:
             w_out, b_out = self.head.weight * out_mult, self.head.bias.unsqueeze(1) * out_mult
-        hbuf, obuf = ws["hidden"], ws["out"]
-        # Pass 2: features again (still in the buffer when there is a single chunk), MLP, update.
-        for lo in range(0, n, chunk):
-            hi = min(lo + chunk, n)
-            c = hi - lo
-            f, vc = feats[:, :c], v[lo:hi]
-            f[0].copy_(gf[lo:hi])
-            f[1:1 + nb].copy_(m[:, lo:hi])
-            if chunk < n:
-                r = torch.add(vc, self.eps, out=rbuf[:c]).rsqrt_()
-                torch.mul(f[:1 + nb], r, out=f[scaled])
-            torch.sqrt(vc, out=f[1 + nb])
-            f[2 + nb].copy_(pf[lo:hi])
+        # Pass 2: features again (g r, m_b r still in the buffer when there is one chunk), MLP, update.
+        single = len(g_c) == 1
+        for gc, mc, vc, pc, oc in zip(g_c, m_c, v_c, p_c, out_c):
+            f, f_g, f_m, f_sv, f_p, _, _, f_plain, f_scaled, h, out, r = self._chunk_views(ws, gc.shape[0])
+            f_g.copy_(gc)
+            f_m.copy_(mc)
+            if not single:
+                torch.add(vc, self.eps, out=r).rsqrt_()
+                torch.mul(f_plain, r, out=f_scaled)
+            torch.sqrt(vc, out=f_sv)
+            f_p.copy_(pc)
             if self.head is None:
-                out = torch.addmm(bias, w_in, f, out=obuf[:, :c])
+                torch.addmm(bias, w_in, f, out=out)
             else:
-                h = torch.addmm(bias, w_in, f, out=hbuf[:, :c]).relu_()
+                torch.addmm(bias, w_in, f, out=h).relu_()
+                hh = h
                 for lin in self.hidden_stack:
-                    h = torch.relu(torch.addmm(lin.bias.unsqueeze(1), lin.weight, h))
-                out = torch.addmm(b_out, w_out, h, out=obuf[:, :c])
+                    hh = torch.relu(torch.addmm(lin.bias.unsqueeze(1), lin.weight, hh))
+                torch.addmm(b_out, w_out, hh, out=out)
+            d, s = out
             # p - step_mult * d * exp(exp_mult * s)
-            torch.addcmul(pf[lo:hi], out[0], out[1].exp_(), value=-1.0, out=newp[lo:hi])
+            torch.addcmul(pc, d, s.exp_(), value=-1.0, out=oc)
 
     def _update_tensor(self, p: Tensor, g: Tensor, st: dict[str, Tensor], batch_dims: int):
         tasks = p.shape[0] if batch_dims else 1
