@@ -142,7 +142,8 @@ class MLPRule(LearnedRule):
     #: being recorded (smaller ones: the differentiable path, where per-op overhead dominates).
     fast_threshold: int = 4096
     #: coordinates per chunk of the deployment path (its buffers, reused across steps, hold
-    #: about ``(n_coord_features + hidden + 4) * fast_chunk`` numbers).
+    #: about ``(n_coord_features + hidden + 3) * fast_chunk`` numbers, plus one number per
+    #: coordinate of the largest tensor).
     fast_chunk: int = 65536
 
     @torch.no_grad()
@@ -235,11 +236,16 @@ class MLPRule(LearnedRule):
         m0_c, v0_c = m_old.reshape(nb, n).split(chunk, dim=1), v_old.reshape(n).split(chunk)
         # Feature rows (the order of ``_update_tensor``): g, m_b, sqrt(v), p, g r, m_b r.
 
+        # r = 1 / sqrt(v + eps) for the whole tensor, kept from pass 1 for pass 2.
+        r_all = ws.get("r_all")
+        if r_all is None or r_all.numel() < n:
+            r_all = ws["r_all"] = torch.empty(n, dtype=dtype, device=device)
+        r_c = r_all[:n].split(chunk)
         # Pass 1: accumulators, and each feature's sum of squares over the tensor: chunk norms of
         # m_b, g r and m_b r (squared, summed); dot products for g, p and the sum of v = (sqrt v)^2.
         norms = torch.empty(len(g_c), 2 * nb + 1, dtype=dtype, device=device)
-        for i, (gc, mc, vc) in enumerate(zip(g_c, m_c, v_c)):
-            _, _, _, _, _, f_gr, f_mr, _, f_scaled, _, _, r = self._chunk_views(ws, gc.shape[0])
+        for i, (gc, mc, vc, r) in enumerate(zip(g_c, m_c, v_c, r_c)):
+            _, _, _, _, _, f_gr, f_mr, _, f_scaled, _, _, _ = self._chunk_views(ws, gc.shape[0])
             torch.mul(m0_c[i], beta, out=mc).addcmul_(one_minus_beta, gc)
             torch.mul(v0_c[i], self.rms_beta, out=vc).addcmul_(gc, gc, value=1.0 - self.rms_beta)
             torch.add(vc, self.eps, out=r).rsqrt_()
@@ -262,12 +268,11 @@ class MLPRule(LearnedRule):
             w_out, b_out = self.head.weight * out_mult, self.head.bias.unsqueeze(1) * out_mult
         # Pass 2: features again (g r, m_b r still in the buffer when there is one chunk), MLP, update.
         single = len(g_c) == 1
-        for gc, mc, vc, pc, oc in zip(g_c, m_c, v_c, p_c, out_c):
-            f, f_g, f_m, f_sv, f_p, _, _, f_plain, f_scaled, h, out, r = self._chunk_views(ws, gc.shape[0])
+        for gc, mc, vc, pc, oc, r in zip(g_c, m_c, v_c, p_c, out_c, r_c):
+            f, f_g, f_m, f_sv, f_p, _, _, f_plain, f_scaled, h, out, _ = self._chunk_views(ws, gc.shape[0])
             f_g.copy_(gc)
             f_m.copy_(mc)
             if not single:
-                torch.add(vc, self.eps, out=r).rsqrt_()
                 torch.mul(f_plain, r, out=f_scaled)
             torch.sqrt(vc, out=f_sv)
             f_p.copy_(pc)
