@@ -48,6 +48,35 @@ def gradient_norm_squared(loss: Tensor, params: Iterable[Tensor], create_graph: 
     return torch.stack(terms).sum()
 
 
+def gradient_flow(loss_fn: Callable[[Tensor], Tensor], w0: Tensor, time: float, dt: float,
+                  mu: float = 0.0) -> Tensor:
+    """Integrate the gradient flow ``dw/dt = -grad(L + mu ||grad L||^2)`` from ``w0`` with RK4.
+
+    ``loss_fn`` maps a flat parameter tensor to a scalar loss. ``mu = 0`` is the flow of ``L``;
+    ``mu = h / 4`` is the modified flow that gradient descent with step ``h`` follows to O(h^2).
+    Takes ``round(time / dt)`` classical Runge-Kutta steps; the penalty's gradient comes by
+    double backprop (:class:`GradientRegularizer`). Returns the (detached) end point.
+    """
+    if dt <= 0 or time < 0:
+        raise ValueError(f"need dt > 0 and time >= 0, got dt={dt}, time={time}")
+
+    def velocity(w: Tensor) -> Tensor:
+        w = w.detach().requires_grad_(True)
+        loss = loss_fn(w)
+        if mu:
+            loss = GradientRegularizer(mu)(loss, [w])
+        return -torch.autograd.grad(loss, w)[0]
+
+    w = w0.detach().clone()
+    for _ in range(round(time / dt)):
+        k1 = velocity(w)
+        k2 = velocity(w + dt / 2 * k1)
+        k3 = velocity(w + dt / 2 * k2)
+        k4 = velocity(w + dt * k3)
+        w = w + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return w
+
+
 class GradientRegularizer:
     """Adds ``mu * ||grad_params L||^2`` to a loss (explicit gradient regularization).
 
