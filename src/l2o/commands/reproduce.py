@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--quadratic-weights", default=None, help="evaluate this quadratic weights file instead of meta-training")
     p.add_argument("--settings", default=None,
                    help="comma-separated subset of: train,steps200,hidden40,layers2,relu,quadratic")
-    p.add_argument("--meta-steps", type=int, default=None, help="outer steps of digits meta-training (default 1500)")
+    p.add_argument("--meta-steps", type=int, default=None, help="outer steps of digits meta-training (default 2000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
