@@ -9,8 +9,8 @@ Output (in ``out_dir``):
   mean over seeds with 10th-90th percentile bands.
 - ``lr_sensitivity.png``: the tuning runs: selection loss against learning rate.
 - ``performance_profile.png``: Dolan-Moré profile across tasks on the reported metric.
-- ``summary.json``, ``curves.json``, ``lr_sensitivity.csv``, ``performance_profile.csv``: the
-  numbers behind the table and the figures.
+- ``summary.json``, ``curves_train.json``, ``curves_test.json``, ``lr_sensitivity.csv``,
+  ``performance_profile.csv``: the numbers behind the table and the figures.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def collect(store: ResultsStore) -> dict[str, Any]:
             "final_train_smoothed": [float(c[-1]) for c in train_curves if len(c)],
             # every complete run of this optimizer on the task (tuning runs too: more samples of a
             # number that depends little on the learning rate). Diverged runs are left out: they
-            # stop early, and fixed costs (evaluations) over few steps would inflate their time.
+            # stop early, so their few timed steps are a poor sample of the optimizer's step time.
             "seconds_per_step": [r["seconds_per_step"] for r in store.runs(task=task, optimizer=opt)
                                  if r["steps"] == sel["steps"] and r["status"] == "complete"
                                  and r["seconds_per_step"]],

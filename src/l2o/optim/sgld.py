@@ -35,7 +35,7 @@ class SGLD(L2OOptimizer):
 
     Args:
         params: parameters or param groups.
-        lr: :math:`a`, the step size at ``t = 1`` when ``lr_offset=1``.
+        lr: :math:`a` of the schedule; with ``lr_decay=0`` the constant step size.
         num_data: :math:`N`, the data-set size; the gradient of a minibatch-mean loss is scaled
             by it so that the chain targets the posterior of the whole data set. Use 1 if the loss
             already is the full negative log posterior.

@@ -1,7 +1,7 @@
 """More classifiers on scikit-learn's 8x8 digits: logistic regression and a small CNN.
 
-Both reuse the digits split of :func:`l2o.data.digits.load_digits_split` (1,347 training and
-450 test images) and report test accuracy.
+Both reuse the digits split of :func:`l2o.data.digits.load_digits_split` (1,348 training and
+449 test images) and report test accuracy.
 """
 
 from __future__ import annotations
