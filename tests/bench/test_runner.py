@@ -74,6 +74,36 @@ def test_optimizer_names_and_errors(monkeypatch):
     assert optimizers.resolve("sgd").kind == "builtin"  # the others keep working
 
 
+def test_tuned_prefix_tunes_the_step_multiplier_of_untuned_optimizers(tmp_path):
+    from l2o.bench.grids import PROTOCOL_MULTIPLIER_GRIDS
+
+    spec = optimizers.resolve("tuned:mlp-general")
+    assert spec.tunable and spec.multiplier_tuned and spec.base == "mlp-general" and spec.kind == "learned"
+    assert not optimizers.resolve("mlp-general").tunable and not optimizers.resolve("yellowfin").tunable
+    assert optimizers.resolve("tuned:yellowfin").base == "yellowfin"
+    plan = Plan(tasks=["quadratic_10d_tiny"], optimizers=["mlp-general", "tuned:mlp-general"], protocol="smoke",
+                tune_seeds=1, seeds=2)
+    assert plan.grid_for(optimizers.resolve("mlp-general")) == ([{}], False)
+    configs, tuned = plan.grid_for(spec)
+    assert tuned and configs == [{"lr": m} for m in PROTOCOL_MULTIPLIER_GRIDS["smoke"]]
+    assert 1.0 in PROTOCOL_MULTIPLIER_GRIDS["smoke"] and len(PROTOCOL_MULTIPLIER_GRIDS["quick"]) == 11
+    db = str(tmp_path / "t.sqlite")
+    run_benchmark(plan, db, workers=1, progress=False)
+    with ResultsStore(db) as store:
+        sel = {s["optimizer"]: s for s in store.selections()}
+        assert not sel["mlp-general"]["tuned"] and sel["mlp-general"]["hparams"] == {}
+        assert sel["tuned:mlp-general"]["tuned"] and sel["tuned:mlp-general"]["n_configs"] == 3
+        assert sel["tuned:mlp-general"]["hparams"]["lr"] in PROTOCOL_MULTIPLIER_GRIDS["smoke"]
+        # the multiplier really scales the learned step: the three tuning runs end at different losses
+        tuning = [r for r in store.runs(task="quadratic_10d_tiny", optimizer="tuned:mlp-general")
+                  if r["seed"] == 0]
+        assert len({round(r["final_test_loss"], 6) for r in tuning}) == 3
+    with pytest.raises(ValueError, match="'tuned:adam': 'adam' has its learning rate tuned already"):
+        optimizers.resolve("tuned:adam")
+    with pytest.raises(ValueError, match="unknown optimizer 'nope'"):
+        optimizers.resolve("tuned:nope")
+
+
 def test_plan_errors(tmp_path):
     with pytest.raises(ValueError, match="seeds must be >= 1"):
         Plan(tasks=["quadratic_10d_tiny"], optimizers=["sgd"], seeds=0)
@@ -84,3 +114,12 @@ def test_plan_errors(tmp_path):
     plan = Plan(tasks=["quadratic_10d_tiny"], optimizers=["adam"], grids={"adam": {"momentum": [0.9]}})
     with pytest.raises(ValueError, match="'adam' rejects hyperparameters {'momentum': 0.9}"):
         run_benchmark(plan, str(tmp_path / "x.sqlite"))
+
+
+def test_report_pairs_a_tuned_row_with_its_untuned_optimizer():
+    from l2o.bench.report import _colors, _dash
+
+    colors = _colors({"adam", "mlp-general", "tuned:mlp-general", "yellowfin"})
+    assert colors["tuned:mlp-general"] == colors["mlp-general"]
+    assert len({colors[n] for n in ("adam", "mlp-general", "yellowfin")}) == 3
+    assert _dash("tuned:mlp-general") == "--" and _dash("mlp-general") == "-"

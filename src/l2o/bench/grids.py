@@ -35,6 +35,14 @@ QUICK_LR_GRID = [10 ** (-4 + k / 2) for k in range(11)]
 #: Four values for the smoke suite (a minute end to end).
 SMOKE_LR_GRID = [1e-3, 1e-2, 1e-1, 1.0]
 PROTOCOL_LR_GRIDS = {"deepobs": DEEPOBS_LR_GRID, "quick": QUICK_LR_GRID, "smoke": SMOKE_LR_GRID}
+#: Step-multiplier grids for ``tuned:NAME`` (learned and self-tuning optimizers, whose ``lr``
+#: multiplies a step that is already scaled; 1 is the untuned default): quick: 11 values
+#: log-spaced from 0.1 to 30; deepobs: 21 values, 5 per decade, from 0.01 to 100.
+PROTOCOL_MULTIPLIER_GRIDS = {
+    "deepobs": [10 ** (-2 + k / 5) for k in range(21)],
+    "quick": [0.1 * 300 ** (k / 10) for k in range(11)],
+    "smoke": [0.3, 1.0, 3.0],
+}
 
 _SPACE = re.compile(r"^\s*(logspace|linspace)\s*\((.*)\)\s*$")
 

@@ -8,7 +8,11 @@ A name is one of
 - a learned optimizer shipped with l2o (``l2o.learned.PRETRAINED.names()``), or
   ``learned:NAME`` for any shipped name;
 - a dotted path to any optimizer class: ``package.module:Class`` or ``package.module.Class``
-  (built as ``Class(params, **hyperparameters)``).
+  (built as ``Class(params, **hyperparameters)``);
+- ``tuned:NAME`` for a learned or self-tuning optimizer NAME (reported untuned under its own
+  name): the same optimizer with its one hyperparameter, ``lr``, a multiplier of its step
+  (default 1), tuned by the protocol like the baselines' learning rates, so that both a
+  tuned and an untuned row can stand in one report.
 
 Resolution is lazy: nothing is imported until a name is used, and an optimizer whose module
 fails to import is reported as unavailable only when it is asked for.
@@ -35,6 +39,8 @@ BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
 
 # Optimizers that tune themselves: benchmarked with their defaults only ("untuned").
 SELF_TUNING = {"yellowfin"}
+#: ``tuned:NAME`` tunes the step multiplier of a learned or self-tuning optimizer.
+TUNED_PREFIX = "tuned:"
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,19 @@ class OptimizerSpec:
     name: str
     kind: str
     tunable: bool
+    #: for ``tuned:NAME``, the name the optimizer is built from (NAME); else empty.
+    base: str = ""
+
+    @property
+    def multiplier_tuned(self) -> bool:
+        """True for ``tuned:NAME``: the protocol tunes a step multiplier, not a learning rate."""
+        return bool(self.base)
 
     def factory(self, hyperparameters: dict[str, Any]) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
         """A function ``params -> optimizer`` for ``train``."""
         hp = dict(hyperparameters)
+        if self.base:
+            return resolve(self.base).factory(hp)
         if self.kind == "builtin":
             import torch
 
@@ -128,6 +143,12 @@ def resolve(name: str) -> OptimizerSpec:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"optimizer name must be a non-empty string, got {name!r}")
     key = name.strip()
+    if key.startswith(TUNED_PREFIX):
+        base = resolve(key[len(TUNED_PREFIX):])
+        if base.tunable:
+            raise ValueError(f"{key!r}: {base.name!r} has its learning rate tuned already; the prefix "
+                             f"{TUNED_PREFIX!r} is for learned and self-tuning optimizers")
+        return OptimizerSpec(key, base.kind, tunable=True, base=base.name)
     low = key.lower()
     if low in BUILTINS:
         return OptimizerSpec(low, "builtin", tunable=True)

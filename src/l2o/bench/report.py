@@ -224,10 +224,22 @@ def _grid_shape(n: int) -> tuple[int, int]:
 
 
 def _colors(names):
+    """A colour per optimizer; ``tuned:NAME`` shares NAME's colour (and is drawn dashed, see
+    :func:`_dash`), so the untuned and tuned rows of one optimizer read as a pair."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
-    return {name: cmap(i % 10) for i, name in enumerate(sorted(names))}
+    bases = sorted({_base(n) for n in names})
+    by_base = {b: cmap(i % 10) for i, b in enumerate(bases)}
+    return {name: by_base[_base(name)] for name in names}
+
+
+def _base(name: str) -> str:
+    return name[len("tuned:"):] if name.startswith("tuned:") else name
+
+
+def _dash(name: str) -> str:
+    return "--" if name.startswith("tuned:") else "-"
 
 
 def _plot_curves(results, out: Path, kind: str) -> None:
@@ -268,7 +280,7 @@ def _plot_curves(results, out: Path, kind: str) -> None:
             lows.append(min(lo.min(), mean.min()))
             highs.append(max(hi.max(), mean.max()))
             label = opt if len(stack) == s["n_seeds"] else f"{opt} ({len(stack)}/{s['n_seeds']} seeds)"
-            (line,) = ax.plot(steps, mean, color=colors[opt], lw=1.5, label=label)
+            (line,) = ax.plot(steps, mean, color=colors[opt], ls=_dash(opt), lw=1.5, label=label)
             handles.setdefault(opt, line)
             ax.fill_between(steps, lo, hi, color=colors[opt], alpha=0.2, lw=0)
             data.setdefault(task, {})[opt] = {"steps": steps.tolist(), "mean": mean.tolist(), "p10": lo.tolist(),
@@ -341,7 +353,7 @@ def _plot_lr_sensitivity(results, out: Path) -> None:
         log_y = lo > 0 and hi / lo > 20
         top = hi * 2 if log_y else hi + 0.1 * (hi - lo + 1e-12)
         for i, (opt, (lrs, means)) in enumerate(series.items()):
-            ax.plot(lrs, means, "o-", color=colors[opt], label=opt, ms=3, lw=1.2)
+            ax.plot(lrs, means, marker="o", ls=_dash(opt), color=colors[opt], label=opt, ms=3, lw=1.2)
             bad = [lr for lr, m in zip(lrs, means) if not np.isfinite(m)]
             if bad:  # one row of crosses per optimizer, so they do not hide each other
                 height = top * 1.35 ** i if log_y else top + 0.06 * i * (hi - lo + 1e-12)
@@ -353,7 +365,8 @@ def _plot_lr_sensitivity(results, out: Path) -> None:
         if log_y:
             ax.set_yscale("log")
         ax.set_title(task)
-        ax.set_xlabel("learning rate")
+        multipliers = any(opt.startswith("tuned:") for opt in series)
+        ax.set_xlabel("learning rate" + (" (tuned:NAME: step multiplier)" if multipliers else ""))
         ax.set_ylabel("selection loss (valid/train)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best", framealpha=0.7)
@@ -399,7 +412,7 @@ def _plot_profile(results, task_metric, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     colors = _colors(profile)
     for opt, rho in profile.items():
-        ax.step(taus, rho, where="post", color=colors[opt], label=opt, lw=1.8)
+        ax.step(taus, rho, where="post", color=colors[opt], ls=_dash(opt), label=opt, lw=1.8)
     ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("τ (within a factor τ of the best on the task)")

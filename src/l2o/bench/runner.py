@@ -297,6 +297,8 @@ class Plan:
             return configs, len(configs) > 1
         if not spec.tunable:
             return [{}], False
+        if spec.multiplier_tuned:
+            return [{"lr": m} for m in grids_mod.PROTOCOL_MULTIPLIER_GRIDS[self.protocol]], True
         return [{"lr": lr} for lr in grids_mod.PROTOCOL_LR_GRIDS[self.protocol]], True
 
 
