@@ -72,7 +72,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "grid entry sgd:lr" in capsys.readouterr().err
     assert main(["bench", "run", "--tasks", "quadratic_10d_tiny", "--optimizers", "sgdd",
                  "--db", str(tmp_path / "x.sqlite")]) == 2
-    assert "unknown optimizer 'sgdd'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown optimizer 'sgdd'" in err and "l2o bench:" not in err  # refused before the plan is announced
+    assert not (tmp_path / "x.sqlite").exists()
     junk = tmp_path / "junk.sqlite"
     junk.write_text("not a database" * 200)
     assert main(["bench", "report", "--db", str(junk)]) == 2

@@ -60,6 +60,7 @@ def _run(args) -> int:
     import torch
 
     from l2o.bench import grids
+    from l2o.bench.optimizers import resolve as resolve_optimizer
     from l2o.bench.runner import Plan, WorkerCrashed, run_benchmark
     from l2o.bench.suites import get_preset, get_suite, suite_tasks
 
@@ -80,6 +81,8 @@ def _run(args) -> int:
     for name in grid_map:
         if name not in optimizers:
             optimizers.append(name)
+    for name in optimizers:  # unknown names fail here, before the plan is announced
+        resolve_optimizer(name)
     plan = Plan(tasks=tasks, optimizers=optimizers, grids=grid_map,
                 protocol=args.protocol or (suite.protocol if suite else "quick"),
                 tune_seeds=args.tune_seeds or (suite.tune_seeds if suite else 1),
