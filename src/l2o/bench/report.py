@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from l2o.bench import metrics
-from l2o.bench.optimizers import BUILTINS
+from l2o.bench.optimizers import BUILTINS, TUNED_PREFIX
 from l2o.bench.store import ResultsStore, canonical_json
 
 MIN_SMOOTH_WINDOW = 10
@@ -235,11 +235,11 @@ def _colors(names):
 
 
 def _base(name: str) -> str:
-    return name[len("tuned:"):] if name.startswith("tuned:") else name
+    return name[len(TUNED_PREFIX):] if name.startswith(TUNED_PREFIX) else name
 
 
 def _dash(name: str) -> str:
-    return "--" if name.startswith("tuned:") else "-"
+    return "--" if name.startswith(TUNED_PREFIX) else "-"
 
 
 def _plot_curves(results, out: Path, kind: str) -> None:
@@ -365,7 +365,7 @@ def _plot_lr_sensitivity(results, out: Path) -> None:
         if log_y:
             ax.set_yscale("log")
         ax.set_title(task)
-        multipliers = any(opt.startswith("tuned:") for opt in series)
+        multipliers = any(opt.startswith(TUNED_PREFIX) for opt in series)
         ax.set_xlabel("learning rate" + (" (tuned:NAME: step multiplier)" if multipliers else ""))
         ax.set_ylabel("selection loss (valid/train)")
         ax.grid(alpha=0.3)
