@@ -7,8 +7,9 @@ affects them alike, and the median over rounds is kept. Ratios are to ``torch.op
 with default settings (on the CPU that is its per-tensor loop) and to ``torch.optim.Adam(fused=True)``
 (a single pass over memory: the practical limit).
 
-Two rows are not optimizers but the floor of SGLD's step: filling one buffer per tensor with
-standard normal numbers from a ``torch.Generator`` (``normal_``, what SGLD draws every step), and
+Rows marked "compiled" time ``torch.compile(optimizer.step)`` with default settings (their
+``warmup_s`` in the JSON includes compiling). Two rows are not optimizers but the floor of
+SGLD's step: filling one buffer per tensor with standard normal numbers from a ``torch.Generator`` (``normal_``, what SGLD draws every step), and
 filling int32 buffers of the same sizes with raw random bits (``random_``, the Mersenne-twister
 output that ``normal_`` transforms).
 
@@ -56,6 +57,13 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("yellowfin (default)", "yellowfin", {}),
     ("yellowfin loop", "yellowfin", dict(foreach=False)),
     ("yellowfin foreach", "yellowfin", dict(foreach=True)),
+    # torch.compile(optimizer.step), default settings: where does a compiled step pay? (SGDHD
+    # and YellowFin are left out: their learning rate and momentum are new Python floats every
+    # step, so a compiled step recompiles every step, seconds each.)
+    ("adam (default) compiled", "compiled:torch:Adam", {}),
+    ("hadam order=4 compiled", "compiled:hadam", {}),
+    ("adamhd compiled", "compiled:adamhd", {}),
+    ("sgld compiled", "compiled:sgld", {}),
     ("floor: normal_ noise alone", "floor:normal", {}),
     ("floor: random_ int32 bits alone", "floor:bits", {}),
 ]
@@ -90,7 +98,20 @@ def make_tensors(seed: int = 0) -> list[torch.Tensor]:
     return params
 
 
+class CompiledStep:
+    """``torch.compile(optimizer.step)``, the way torch.optim documents compiling a step."""
+
+    def __init__(self, optimizer):
+        # Every optimizer's step goes through torch.optim's one wrapper function, whose compiled
+        # variants share one cache: room for all of them, or later ones would run eagerly.
+        torch._dynamo.config.recompile_limit = 64
+        self.optimizer = optimizer
+        self.step = torch.compile(optimizer.step)
+
+
 def build(kind: str, params, kwargs: dict):
+    if kind.startswith("compiled:"):
+        return CompiledStep(build(kind.split(":", 1)[1], params, kwargs))
     if kind.startswith("floor:"):
         return NoiseFloor(params, kind.split(":", 1)[1])
     if kind.startswith("torch:"):
@@ -114,9 +135,20 @@ def main(argv=None) -> int:
         except (ImportError, KeyError, AttributeError) as error:  # e.g. a method not in this checkout
             skipped[name] = f"{type(error).__name__}: {error}"
             print(f"skipping {name}: {skipped[name]}", file=sys.stderr)
-    for optimizer in optimizers.values():  # warm-up: state allocation, first-step branches
-        for _ in range(2):
-            optimizer.step()
+    warmup_s = {}
+    for name, optimizer in list(optimizers.items()):  # warm-up: state allocation, first-step branches, compiling
+        start = time.perf_counter()
+        try:
+            for _ in range(3):
+                optimizer.step()
+        except Exception as error:  # e.g. torch.compile without a working C++ compiler
+            if not isinstance(optimizer, CompiledStep):
+                raise
+            skipped[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            print(f"skipping {name}: {skipped[name]}", file=sys.stderr)
+            del optimizers[name]
+            continue
+        warmup_s[name] = time.perf_counter() - start
 
     times: dict[str, list[float]] = {name: [] for name in optimizers}
     from tqdm import tqdm
@@ -132,7 +164,7 @@ def main(argv=None) -> int:
     adam, fused = median["adam (default)"], median["adam fused"]
     numel = sum(p.numel() for p in make_tensors())
     results = [dict(name=name, median_ms=1e3 * m, ratio_to_adam=m / adam, ratio_to_fused_adam=m / fused,
-                    spread_ms=[1e3 * min(times[name]), 1e3 * max(times[name])])
+                    spread_ms=[1e3 * min(times[name]), 1e3 * max(times[name])], warmup_s=round(warmup_s[name], 2))
                for name, m in median.items()]
     report = dict(
         description=__doc__.strip().splitlines()[0],

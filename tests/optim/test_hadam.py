@@ -107,3 +107,26 @@ def test_order_matters_on_heavy_tailed_gradients():
         drive(HAdam([param], lr=0.01, order=order, foreach=False), param, [g.double() for g in grads])
         finals[order] = -param.item()
     assert finals[2] > finals[4] > finals[8] > 0
+
+
+@pytest.mark.parametrize("order", [2, 4, 8])
+def test_compiled_default_step_matches_eager_without_recompiling(order):
+    # torch.compile(optimizer.step), the way users compile a step: one graph (fullgraph), and a
+    # new step count (new bias corrections) must not trigger a recompilation.
+    torch._dynamo.reset()
+    grads = gradient_stream((6, 4), 6, torch.float32, seed=order)
+    start = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+    eager_p, compiled_p = start.clone().requires_grad_(), start.clone().requires_grad_()
+    eager, compiled = HAdam([eager_p], lr=0.05, order=order), HAdam([compiled_p], lr=0.05, order=order)
+    step = torch.compile(compiled.step, fullgraph=True)  # a graph break would raise
+    drive(eager, eager_p, grads)
+    try:
+        for index, g in enumerate(grads):
+            compiled_p.grad = g.clone()
+            if index == 2:  # steps 1 and 2 compile (fresh state, then filled state); then no more
+                torch.compiler.set_stance("fail_on_recompile")
+            step()
+    finally:
+        torch.compiler.set_stance("default")
+    # Float32 coefficients inside the compiled step (see l2o.optim._base.step_value).
+    torch.testing.assert_close(compiled_p, eager_p, rtol=1e-5, atol=1e-6)

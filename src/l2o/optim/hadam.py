@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from l2o.optim._base import (L2OOptimizer, check_betas, check_bool, check_foreach, check_nonnegative,
-                             check_positive, check_range, group_by_device_and_dtype, new_step_tensor,
-                             resolve_foreach, scalar)
+from l2o.optim._base import (L2OOptimizer, addcdiv_, check_betas, check_bool, check_foreach, check_nonnegative,
+                             check_positive, check_range, foreach_addcdiv_, group_by_device_and_dtype,
+                             new_step_tensor, resolve_foreach, step_value, step_values)
 
 
 class HAdam(L2OOptimizer):
@@ -133,14 +133,14 @@ def _hadam_loop(params, grads, exp_avgs, moments, steps, *, form, lr, beta1, bet
         if weight_decay != 0:
             grad = grad.add(param, alpha=weight_decay)
         step_t += 1
-        step = scalar(step_t)
+        step = step_value(step_t, param.dtype)
         bias_correction1 = 1 - beta1 ** step
         bias_correction2 = 1 - beta2 ** step
         exp_avg.lerp_(grad, 1 - beta1)
         if form == "exp_avg_sq":  # Adam's arithmetic, as torch.optim.Adam
             moment.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (moment.sqrt() / bias_correction2 ** 0.5).add_(eps)
-            param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+            addcdiv_(param, exp_avg, denom, -lr / bias_correction1)
             continue
         bias_root = bias_correction2 ** (1.0 / order)
         if form == "exp_avg_pow":
@@ -151,7 +151,7 @@ def _hadam_loop(params, grads, exp_avgs, moments, steps, *, form, lr, beta1, bet
             denom = moment.clone()
         # m_hat / (r_hat + eps) with r_hat = r / bias_root, rewritten to save a pass over memory.
         denom.add_(eps * bias_root)
-        param.addcdiv_(exp_avg, denom, value=-lr * bias_root / bias_correction1)
+        addcdiv_(param, exp_avg, denom, -lr * bias_root / bias_correction1)
 
 
 def _hadam_foreach(params, grads, exp_avgs, moments, steps, *, form, lr, beta1, beta2, eps, order, weight_decay,
@@ -163,17 +163,17 @@ def _hadam_foreach(params, grads, exp_avgs, moments, steps, *, form, lr, beta1, 
             g_list = torch._foreach_add(g_list, p_list, alpha=weight_decay)
         torch._foreach_add_(s_list, 1.0)
         # Step counts can differ between tensors (parameters that had no gradient on some steps).
-        step_values = [scalar(s) for s in s_list]
+        steps_now = step_values(s_list, p_list[0].dtype)
         torch._foreach_lerp_(m_list, g_list, 1 - beta1)
         if form == "exp_avg_sq":
             torch._foreach_mul_(v_list, beta2)
             torch._foreach_addcmul_(v_list, g_list, g_list, value=1 - beta2)
             denom = torch._foreach_sqrt(v_list)
-            torch._foreach_div_(denom, [(1 - beta2 ** s) ** 0.5 for s in step_values])
+            torch._foreach_div_(denom, [(1 - beta2 ** s) ** 0.5 for s in steps_now])
             torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(p_list, m_list, denom, [-lr / (1 - beta1 ** s) for s in step_values])
+            foreach_addcdiv_(p_list, m_list, denom, [-lr / (1 - beta1 ** s) for s in steps_now])
             continue
-        bias_roots = [(1 - beta2 ** s) ** (1.0 / order) for s in step_values]
+        bias_roots = [(1 - beta2 ** s) ** (1.0 / order) for s in steps_now]
         if form == "exp_avg_pow":
             if order % 2 == 0:
                 powers = torch._foreach_mul(g_list, g_list)
@@ -203,5 +203,4 @@ def _hadam_foreach(params, grads, exp_avgs, moments, steps, *, form, lr, beta1, 
             torch._foreach_mul_(v_list, scales)
             denom = torch._foreach_mul(v_list, 1.0)
         torch._foreach_add_(denom, [eps * b for b in bias_roots])
-        torch._foreach_addcdiv_(p_list, m_list, denom,
-                                [-lr * b / (1 - beta1 ** s) for b, s in zip(bias_roots, step_values)])
+        foreach_addcdiv_(p_list, m_list, denom, [-lr * b / (1 - beta1 ** s) for b, s in zip(bias_roots, steps_now)])
