@@ -123,3 +123,34 @@ def test_report_pairs_a_tuned_row_with_its_untuned_optimizer():
     assert colors["tuned:mlp-general"] == colors["mlp-general"]
     assert len({colors[n] for n in ("adam", "mlp-general", "yellowfin")}) == 3
     assert _dash("tuned:mlp-general") == "--" and _dash("mlp-general") == "-"
+
+
+def test_grid_edges_flags_choices_at_either_end_of_the_grid():
+    from l2o.bench.report import grid_edges
+
+    tuning = [({"lr": lr, "momentum": mom}, seed, 1.0) for lr in (0.01, 0.1, 1.0) for mom in (0.9,) for seed in (0, 1)]
+    assert grid_edges({"lr": 1.0, "momentum": 0.9}, tuning) == {"lr": "high"}  # a one-value axis is not tuned
+    assert grid_edges({"lr": 0.01, "momentum": 0.9}, tuning) == {"lr": "low"}
+    assert grid_edges({"lr": 0.1, "momentum": 0.9}, tuning) == {}
+    # a larger value that diverged (loss None) still bounds the grid: 1.0 was tried
+    tuning[-1] = ({"lr": 10.0, "momentum": 0.9}, 1, None)
+    assert grid_edges({"lr": 1.0, "momentum": 0.9}, tuning) == {}
+
+
+def test_report_marks_a_learning_rate_chosen_at_the_top_of_its_grid(tmp_path):
+    import json
+
+    from l2o.bench.report import make_report
+
+    db = str(tmp_path / "edge.sqlite")
+    # SGD on a quadratic for 30 steps: of 1e-4 and 1e-3 the larger one wins (too small a grid)
+    plan = Plan(tasks=["quadratic_10d_tiny"], optimizers=["sgd", "adam"],
+                grids={"sgd": {"lr": [1e-4, 1e-3]}, "adam": {"lr": [1e-3, 1e-2, 1e-1, 1.0, 10.0]}},
+                tune_seeds=1, seeds=2)
+    run_benchmark(plan, db, workers=1, progress=False)
+    summary = make_report(db, str(tmp_path / "report"))
+    table = json.loads((tmp_path / "report" / "summary.json").read_text())["quadratic_10d_tiny"]["optimizers"]
+    assert table["sgd"]["hparams"] == {"lr": 1e-3} and table["sgd"]["grid_edges"] == {"lr": "high"}
+    assert table["adam"]["grid_edges"] == {}, table["adam"]["hparams"]
+    row = next(line for line in summary.read_text().splitlines() if line.startswith("| sgd |"))
+    assert "lr=0.001 (grid top)" in row

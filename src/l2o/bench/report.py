@@ -58,10 +58,32 @@ def _fmt(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}g} ± {std:.2g}"
 
 
-def _fmt_hp(hparams: dict[str, Any]) -> str:
+def _fmt_hp(hparams: dict[str, Any], edges: dict[str, str] | None = None) -> str:
     if not hparams:
         return "defaults"
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(hparams.items()))
+    edges = edges or {}
+    marks = {"low": " (grid bottom)", "high": " (grid top)"}
+    return ", ".join((f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}") + marks.get(edges.get(k), "")
+                     for k, v in sorted(hparams.items()))
+
+
+def grid_edges(chosen: dict[str, Any], tuning: list[tuple[dict[str, Any], int, Any]]) -> dict[str, str]:
+    """Tuned numeric hyperparameters whose chosen value is the smallest ("low") or the largest
+    ("high") of the values tried (diverged tries included): the best value may lie beyond the
+    grid, so the row may be under-tuned. ``tuning`` holds ``(hparams, seed, loss)`` per tuning run."""
+    edges = {}
+    for key, value in chosen.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        tried = sorted({hp[key] for hp, _, _ in tuning
+                        if isinstance(hp.get(key), (int, float)) and not isinstance(hp.get(key), bool)})
+        if len(tried) < 2:
+            continue
+        if value == tried[0]:
+            edges[key] = "low"
+        elif value == tried[-1]:
+            edges[key] = "high"
+    return edges
 
 
 def collect(store: ResultsStore) -> dict[str, Any]:
@@ -157,7 +179,9 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
              "(≥: Adam does not get there within its budget, the speedup is at least that). "
              "Time/step ÷ SGD: seconds per step (evaluations included) of the optimizer's fastest complete run "
              "on the task (tuning runs included) over SGD's fastest; load from other jobs only adds time. "
-             "Hyperparameters were chosen on validation/training loss, never on test numbers.", ""]
+             "Hyperparameters were chosen on validation/training loss, never on test numbers; "
+             "'grid top'/'grid bottom' marks a chosen value that is the largest/smallest of its grid "
+             "(the best value may lie beyond it: that row may be under-tuned).", ""]
     summary_json: dict[str, Any] = {}
     for task, per_opt in sorted(results.items()):
         metric = task_metric[task]
@@ -171,7 +195,8 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
         for opt, s in sorted(per_opt.items()):
             d = derived[task][opt]
             sel = s["selection"]
-            hp = _fmt_hp(sel["hparams"]) + ("" if sel["tuned"] else " (untuned)")
+            edges = grid_edges(sel["hparams"], s["tuning"]) if sel["tuned"] else {}
+            hp = _fmt_hp(sel["hparams"], edges) + ("" if sel["tuned"] else " (untuned)")
             headline = s["test_accuracy"] if metric == "test_accuracy" else s["test_loss"]
             sp = d["speedup_vs_adam"]
             sp_text = "—" if sp is None else (f"≥{sp[0]:.2f}×" if sp[1] else f"{sp[0]:.2f}×")
@@ -184,7 +209,7 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
                          f"{s['n_diverged']}/{s['n_seeds']}{failed_text} | "
                          f"{stt_text} | {sp_text} | {'—' if not math.isfinite(tr) else f'{tr:.2f}'} |")
             summary_json[task]["optimizers"][opt] = {
-                "hparams": sel["hparams"], "tuned": sel["tuned"], "n_configs": sel["n_configs"],
+                "hparams": sel["hparams"], "tuned": sel["tuned"], "n_configs": sel["n_configs"], "grid_edges": edges,
                 "selection_loss": sel["selection_loss"],
                 "test_loss_mean": s["test_loss"][0], "test_loss_std": s["test_loss"][1],
                 "test_accuracy_mean": s["test_accuracy"][0], "test_accuracy_std": s["test_accuracy"][1],
