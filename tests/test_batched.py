@@ -56,8 +56,15 @@ def test_per_task_loss_matches_task_loss():
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
     params = [t.init_params(g) for t, g in zip(tasks, gens)]
     batches = [next(t.batches(g)) for t, g in zip(tasks, gens)]
-    stacked = tasks[0].per_task_loss(stack_dicts(params), stack_batches(batches))
-    torch.testing.assert_close(stacked, torch.stack([t.loss(p, b) for t, p, b in zip(tasks, params, batches)]))
+    stacked_params = {k: v.requires_grad_() for k, v in stack_dicts(params).items()}
+    stacked = tasks[0].per_task_loss(stacked_params, stack_batches(batches))
+    looped = [t.loss({k: v.requires_grad_() for k, v in p.items()}, b) for t, p, b in zip(tasks, params, batches)]
+    torch.testing.assert_close(stacked, torch.stack(looped))
+    # and the same gradients (the batched cross-entropy is written as logsumexp - target logit)
+    stacked_grads = torch.autograd.grad(stacked.sum(), list(stacked_params.values()))
+    for i, (loss, p) in enumerate(zip(looped, params)):
+        for g_stacked, g_one in zip(stacked_grads, torch.autograd.grad(loss, list(p.values()))):
+            torch.testing.assert_close(g_stacked[i], g_one)
 
 
 def test_family_covers_every_dataset_and_runs():
