@@ -48,6 +48,7 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("sgld (default)", "sgld", {}),
     ("sgld loop", "sgld", dict(foreach=False)),
     ("sgld foreach", "sgld", dict(foreach=True)),
+    ("sgld noise=philox (compiled inside)", "sgld", dict(noise="philox")),
     ("sgdhd (default)", "sgdhd", {}),
     ("sgdhd loop", "sgdhd", dict(foreach=False)),
     ("sgdhd foreach", "sgdhd", dict(foreach=True)),

@@ -87,9 +87,10 @@ CASES.append(
     OptimizerCase(
         name="sgld",
         kwargs=lambda: dict(lr=0.01, num_data=10, temperature=1.0, generator=generator()),
-        variants=[dict(lr_decay=0.55, lr_offset=2.0), dict(temperature=0.0), dict(temperature=0.1, num_data=1)],
+        variants=[dict(lr_decay=0.55, lr_offset=2.0), dict(temperature=0.0), dict(temperature=0.1, num_data=1),
+                  dict(noise="philox"), dict(noise="philox", lr_decay=0.55, temperature=0.5)],
         bad_hyperparameters=[("lr", -0.1), ("num_data", 0), ("temperature", -1.0), ("lr_offset", 0.0),
-                             ("lr_decay", -0.5), ("generator", "seed")],
+                             ("lr_decay", -0.5), ("generator", "seed"), ("noise", "gaussian")],
         group_override=dict(temperature=0.1),
         # A sampler with (almost) no noise is gradient descent: it must then converge.
         rosenbrock=ConvergenceSpec(kwargs=dict(lr=0.004, num_data=1, temperature=1e-10), steps=3000,
