@@ -228,3 +228,15 @@ def test_philox_inside_a_compiled_step_matches_eager():
         eager.step()
         step()
     torch.testing.assert_close(compiled_x, eager_x)
+
+
+def test_philox_noise_for_bfloat16_parameters_is_made_in_float32():
+    x = torch.zeros(20000, dtype=torch.bfloat16, requires_grad=True)
+    optimizer = SGLD([x], lr=0.01, noise="philox", generator=torch.Generator().manual_seed(0))
+    x.grad = torch.zeros_like(x)
+    optimizer.step()
+    # one step from zero with no drift: x = sqrt(lr) * N(0, 1), rounded to bfloat16
+    z = x.detach().float() / 0.1
+    assert abs(z.mean().item()) < 0.05 and z.std().item() == pytest.approx(1.0, abs=0.03)
+    assert z.abs().max().item() > 3.0  # the tails are there (Box-Muller in float32, not bfloat16)
+

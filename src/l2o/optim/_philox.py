@@ -67,8 +67,16 @@ def langevin_update_(param: torch.Tensor, grad: torch.Tensor, drift: torch.Tenso
                      stream: torch.Tensor, step: torch.Tensor, key: torch.Tensor) -> None:
     """In place: ``param += drift * grad + scale * xi`` with ``xi`` from :func:`philox_normal`.
 
-    ``drift`` and ``scale`` are 0-dim tensors (no recompilation when the step size changes).
+    ``drift`` and ``scale`` are 0-dim tensors of :func:`working_dtype` (no recompilation when the
+    step size changes).
     Compiled, this is one pass over ``param`` and ``grad``, the noise generated in registers.
     """
-    noise = philox_normal(param.numel(), stream, step, key, dtype=param.dtype, device=param.device)
-    param.add_(grad * drift + noise.view_as(param) * scale)
+    work = working_dtype(param.dtype)
+    noise = philox_normal(param.numel(), stream, step, key, dtype=work, device=param.device)
+    param.add_((grad.to(work) * drift + noise.view_as(param) * scale).to(param.dtype))
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the noise and the update are computed in: the parameter's, or float32 for
+    half-precision parameters (24-bit uniforms and Box-Muller need float32's precision)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32

@@ -192,11 +192,12 @@ def _sgld_philox(params, grads, steps, streams, key, *, lr, num_data, temperatur
         if temperature == 0:
             param.add_(grad, alpha=-0.5 * eps * num_data)
             continue
-        shared = scalars.get((step, param.dtype))
+        work = _philox.working_dtype(param.dtype)
+        shared = scalars.get((step, work))
         if shared is None:
-            shared = scalars[(step, param.dtype)] = (
-                torch.tensor(-0.5 * eps * num_data, dtype=param.dtype),
-                torch.tensor(math.sqrt(eps * temperature), dtype=param.dtype), torch.tensor(int(step)))
+            shared = scalars[(step, work)] = (
+                torch.tensor(-0.5 * eps * num_data, dtype=work),
+                torch.tensor(math.sqrt(eps * temperature), dtype=work), torch.tensor(int(step)))
         drift, scale, step_i = shared
         args = (param, grad, drift, scale, stream, step_i, key)
         if torch.compiler.is_compiling():  # inside the caller's compiled step: trace it there
