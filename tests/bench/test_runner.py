@@ -154,3 +154,28 @@ def test_report_marks_a_learning_rate_chosen_at_the_top_of_its_grid(tmp_path):
     assert table["adam"]["grid_edges"] == {}, table["adam"]["hparams"]
     row = next(line for line in summary.read_text().splitlines() if line.startswith("| sgd |"))
     assert "lr=0.001 (grid top)" in row
+
+
+def test_learned_path_benchmarks_a_weights_file_from_meta_training(tmp_path):
+    from l2o.learned.mlp import MLPRule
+    from l2o.learned.weights import WeightsFileError, save_rule
+
+    weights = tmp_path / "weights.safetensors"
+    save_rule(weights, MLPRule(hidden=4))
+    name = f"learned:{weights}"
+    spec = optimizers.resolve(name)
+    assert spec.kind == "learned" and not spec.tunable
+    assert optimizers.resolve(f"tuned:{name}").tunable
+    db = str(tmp_path / "w.sqlite")
+    plan = Plan(tasks=["quadratic_10d_tiny"], optimizers=[name], grids={}, tune_seeds=1, seeds=1)
+    totals = run_benchmark(plan, db, workers=1, progress=False)
+    assert totals["final"].done == 1
+    with ResultsStore(db) as store:
+        (run,) = store.runs(optimizer=name)
+        assert run["status"] == "complete" and run["final_test_loss"] is not None
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not weights")
+    with pytest.raises(WeightsFileError):
+        optimizers.resolve(f"learned:{bad}")
+    with pytest.raises(ValueError, match="neither a shipped name .* nor an existing weights file"):
+        optimizers.resolve(f"learned:{tmp_path / 'missing.safetensors'}")

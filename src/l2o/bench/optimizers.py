@@ -6,7 +6,8 @@ A name is one of
   ``rmsprop``, ``adam`` (all ``torch.optim``);
 - a hand-designed optimizer of ``l2o.optim`` (``l2o.optim.available()``);
 - a learned optimizer shipped with l2o (``l2o.learned.PRETRAINED.names()``), or
-  ``learned:NAME`` for any shipped name;
+  ``learned:NAME`` for any shipped name, or ``learned:PATH`` for a weights file written by
+  ``l2o meta train`` (``OUT/weights.safetensors``);
 - a dotted path to any optimizer class: ``package.module:Class`` or ``package.module.Class``
   (built as ``Class(params, **hyperparameters)``);
 - ``tuned:NAME`` for a learned or self-tuning optimizer NAME (reported untuned under its own
@@ -85,6 +86,8 @@ class OptimizerSpec:
             from l2o.learned.optimizer import LearnedOptimizer
 
             weights = self.name.split(":", 1)[1] if self.name.startswith("learned:") else self.name
+            if _is_weights_file(weights):
+                return lambda params: LearnedOptimizer.from_file(weights, params, **hp)
             return lambda params: LearnedOptimizer.pretrained(weights, params, **hp)
         cls = import_class(self.name)
         return lambda params: cls(params, **hp)
@@ -97,6 +100,12 @@ def _l2o_names() -> list[str]:
         return optim.available()
     except Exception:  # a broken l2o.optim must not break the baselines
         return []
+
+
+def _is_weights_file(target: str) -> bool:
+    import os
+
+    return os.path.isfile(target)
 
 
 def _learned_names() -> list[str]:
@@ -165,7 +174,14 @@ def resolve(name: str) -> OptimizerSpec:
     if key in learned or (key.startswith("learned:") and key.split(":", 1)[1] in learned):
         return OptimizerSpec(key, "learned", tunable=False)
     if key.startswith("learned:"):
-        raise ValueError(f"unknown learned optimizer {key!r}. Shipped: {', '.join(learned) or '(none)'}")
+        target = key.split(":", 1)[1]
+        if _is_weights_file(target):
+            from l2o.learned.weights import load_rule
+
+            load_rule(target)  # a bad file fails now, with the reason, rather than inside a worker
+            return OptimizerSpec(key, "learned", tunable=False)
+        raise ValueError(f"unknown learned optimizer {key!r}: neither a shipped name "
+                         f"({', '.join(learned) or 'none'}) nor an existing weights file")
     if "." in key or ":" in key:
         import_class(key)  # fail now, with the reason, rather than inside a worker
         return OptimizerSpec(key, "class", tunable=True)

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     run.add_argument("--tasks", default=None, help="comma-separated task ids (instead of, or to narrow, --suite)")
     run.add_argument("--optimizers", default=None,
                      help="comma-separated names: sgd, momentum, nag, rmsprop, adam, l2o.optim names, shipped "
-                          "learned optimizers, package.module:Class, or tuned:NAME for a learned or self-tuning optimizer "
+                          "learned optimizers, learned:PATH for weights from 'l2o meta train', package.module:Class, "
+                          "or tuned:NAME for a learned or self-tuning optimizer "
                           "with its step multiplier tuned (default: the suite's)")
     run.add_argument("--grid", action="append", default=[], metavar="SPEC",
                      help="a hyperparameter grid, e.g. 'adam:lr=logspace(1e-5,1e2,36);betas=[(0.9,0.999)]' "
