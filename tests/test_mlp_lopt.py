@@ -19,8 +19,9 @@ def _trained_like(rule: MLPRule, seed: int = 0) -> MLPRule:
     return rule
 
 
-def test_config_rebuilds_the_rule():
-    rule = MLPRule(hidden=8, hidden_layers=2, betas=(0.9, 0.99), step_mult=0.02)
+@pytest.mark.parametrize("tensor_features", [False, True])
+def test_config_rebuilds_the_rule(tensor_features):
+    rule = MLPRule(hidden=8, hidden_layers=2, betas=(0.9, 0.99), step_mult=0.02, tensor_features=tensor_features)
     again = MLPRule(**rule.config())
     assert again.config() == rule.config()
     assert [p.shape for p in again.parameters()] == [p.shape for p in rule.parameters()]
@@ -43,8 +44,9 @@ def test_fresh_rule_makes_tiny_steps():
     assert 0 < step < 0.05
 
 
-def test_chunked_deployment_path_matches_the_differentiable_path():
-    rule = _trained_like(MLPRule(hidden=8))
+@pytest.mark.parametrize("tensor_features", [False, True])
+def test_chunked_deployment_path_matches_the_differentiable_path(tensor_features):
+    rule = _trained_like(MLPRule(hidden=8, tensor_features=tensor_features))
     rule.fast_threshold, rule.fast_chunk = 100, 128  # force several chunks on a small tensor
     params = {"w": torch.randn(30, 25, dtype=torch.float64), "b": torch.randn(7, dtype=torch.float64)}
     rule = rule.double()
@@ -69,9 +71,13 @@ def _reference_step(rule: MLPRule, p, g, m, v, t):
     v = rule.rms_beta * v + (1 - rule.rms_beta) * g * g
     r = 1 / torch.sqrt(v + rule.eps)
     rows = [g, *m, torch.sqrt(v), p, g * r, *(m * r)]
-    x = torch.stack([f.flatten() / torch.sqrt((f * f).mean() + rule.eps) for f in rows], dim=1)  # (n, F)
+    rms = [torch.sqrt((f * f).mean() + rule.eps) for f in rows]
+    x = torch.stack([f.flatten() / s for f, s in zip(rows, rms)], dim=1)  # (n, F)
     tau = rule.timescales.to(p.dtype)
     progress = torch.tanh(torch.tensor(float(t), dtype=p.dtype) / tau - 1)
+    if rule.tensor_features:  # 0.2 log RMS of g, sqrt(v) and p
+        nb = len(rule.betas)
+        progress = torch.cat([progress, 0.2 * torch.log(torch.stack([rms[0], rms[nb + 1], rms[nb + 2]]))])
     h = x @ rule.coord_in.weight.T + rule.coord_in.bias + rule.global_in.weight @ progress
     if rule.head is not None:
         h = torch.relu(h)
@@ -83,9 +89,10 @@ def _reference_step(rule: MLPRule, p, g, m, v, t):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("hidden_layers", [1, 2, 0])
-def test_in_place_deployment_step_matches_a_plain_reference(dtype, hidden_layers):
-    rule = _trained_like(MLPRule(hidden=8, hidden_layers=hidden_layers), seed=hidden_layers).to(dtype)
+@pytest.mark.parametrize(("hidden_layers", "tensor_features"), [(1, False), (2, False), (0, False), (1, True)])
+def test_in_place_deployment_step_matches_a_plain_reference(dtype, hidden_layers, tensor_features):
+    rule = MLPRule(hidden=8, hidden_layers=hidden_layers, tensor_features=tensor_features)
+    rule = _trained_like(rule, seed=hidden_layers).to(dtype)
     rule.fast_threshold, rule.fast_chunk = 100, 96  # several chunks, the last one partial
     gen = torch.Generator().manual_seed(3)
     shapes = {"w": (30, 25), "big_one_chunk": (90,), "small": (7,)}
@@ -147,8 +154,9 @@ def test_learned_optimizer_state_dict_is_a_snapshot_with_in_place_steps():
             assert torch.equal(value, before["state"][k][name])  # loading copies, stepping does not alias
 
 
-def test_batch_dims_normalizes_per_task():
-    rule = _trained_like(MLPRule(hidden=8)).double()
+@pytest.mark.parametrize("tensor_features", [False, True])
+def test_batch_dims_normalizes_per_task(tensor_features):
+    rule = _trained_like(MLPRule(hidden=8, tensor_features=tensor_features)).double()
     singles = [{"w": torch.randn(4, 6, dtype=torch.float64) * s} for s in (1.0, 100.0)]
     grads = [{"w": torch.randn(4, 6, dtype=torch.float64) * s} for s in (0.01, 10.0)]
     stacked_p = {"w": torch.stack([p["w"] for p in singles])}
@@ -231,3 +239,21 @@ def test_shipped_mlp_general_loads_and_trains():
     losses = _train_steps(model, opt, 50, (x, y))
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_tensor_features_let_the_rule_see_the_scale_it_normalizes_away():
+    # Without tensor features the step of a tensor is invariant to rescaling its gradient
+    # history and values (everything is divided by its RMS); with them it is not.
+    params = {"w": torch.randn(20, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64)}
+    grads = {"w": torch.randn(20, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)}
+    for tensor_features, invariant in ((False, True), (True, False)):
+        rule = _trained_like(MLPRule(hidden=8, tensor_features=tensor_features)).double()
+        steps = []
+        for scale in (1.0, 100.0):
+            p = {"w": params["w"] * scale}
+            with torch.no_grad():
+                new, _ = rule.update({"w": grads["w"] * scale}, rule.init_state(p), p)
+            steps.append(new["w"] - p["w"])
+        # (eps in the normalizers breaks the invariance at the 1e-5 level)
+        assert torch.allclose(steps[0], steps[1], rtol=1e-3, atol=0) == invariant
+

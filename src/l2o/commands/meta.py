@@ -60,6 +60,8 @@ def register(subparsers) -> None:
     train.add_argument("--sigma", type=float, default=0.01, help="ES/PES perturbation scale")
     train.add_argument("--pairs", type=int, default=4, help="ES/PES antithetic pairs")
     train.add_argument("--hidden", type=int, default=None, help="rule width (mlp default 16, lstm default 20)")
+    train.add_argument("--tensor-features", action="store_true",
+                       help="mlp: also feed each tensor's log-RMS of g, sqrt(v) and p (the scale the normalization removes)")
     train.add_argument("--checkpoint-every", type=int, default=50)
     train.add_argument("--val-every", type=int, default=250)
     train.add_argument("--val-steps", type=int, default=200)
@@ -120,8 +122,10 @@ def _train(args) -> int:
     if args.optimizer == "mlp":
         from l2o.learned.mlp import MLPRule
 
-        rule = MLPRule(hidden=args.hidden or 16)
+        rule = MLPRule(hidden=args.hidden or 16, tensor_features=args.tensor_features)
     else:
+        if args.tensor_features:
+            raise SystemExit("--tensor-features applies to --optimizer mlp only")
         from l2o.learned.lstm import LSTMRule
 
         rule = LSTMRule(hidden_size=args.hidden or 20)

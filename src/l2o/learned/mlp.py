@@ -38,8 +38,9 @@ class MLPRule(LearnedRule):
     the gradient ``g``, the momenta ``m_b`` for every ``b`` in ``betas``, ``sqrt(v)`` (the RMS
     accumulator with decay ``rms_beta``), the parameter ``p``, ``g / sqrt(v)`` and
     ``m_b / sqrt(v)``. Features shared by the whole tensor (the training-progress encoding
-    ``tanh(t / tau - 1)``) enter as a per-tensor bias of the first layer, which is the same
-    as concatenating them to every coordinate but cheaper.
+    ``tanh(t / tau - 1)``, and with ``tensor_features`` the scale of the tensor) enter as a
+    per-tensor bias of the first layer, which is the same as concatenating them to every
+    coordinate but cheaper.
 
     Args:
         hidden: width of each hidden layer.
@@ -50,12 +51,16 @@ class MLPRule(LearnedRule):
         step_mult: scale of the step (an untrained net makes tiny steps).
         exp_mult: scale of the log-magnitude output.
         eps: added to mean squares before the square root (normalizers and ``1/sqrt(v)``).
+        tensor_features: also give the network the scale the normalization divides out:
+            ``0.2 * log RMS`` over the tensor of ``g``, ``sqrt(v)`` and ``p`` (three more
+            per-tensor features). Without them the rule is blind to the problem's scale.
     """
 
     kind = "mlp"
 
     def __init__(self, hidden: int = 16, hidden_layers: int = 1, betas=DEFAULT_BETAS, rms_beta: float = 0.999,
-                 timescales=DEFAULT_TIMESCALES, step_mult: float = 0.01, exp_mult: float = 0.1, eps: float = 1e-12):
+                 timescales=DEFAULT_TIMESCALES, step_mult: float = 0.01, exp_mult: float = 0.1, eps: float = 1e-12,
+                 tensor_features: bool = False):
         super().__init__()
         if hidden < 1 or hidden_layers < 0:
             raise ValueError(f"need hidden >= 1 and hidden_layers >= 0, got hidden={hidden}, hidden_layers={hidden_layers}")
@@ -74,7 +79,10 @@ class MLPRule(LearnedRule):
         self.register_buffer("timescales", torch.tensor(self.timescales_list), persistent=False)
         nb = len(betas)
         self.n_coord_features = 1 + nb + 1 + 1 + 1 + nb  # g, m_b, sqrt(v), p, g/sqrt(v), m_b/sqrt(v)
-        self.n_global_features = len(self.timescales_list)
+        self.tensor_features = bool(tensor_features)
+        # rows of the feature matrix whose log-RMS are the tensor features: g, sqrt(v), p
+        self.scale_rows = (0, nb + 1, nb + 2)
+        self.n_global_features = len(self.timescales_list) + (len(self.scale_rows) if self.tensor_features else 0)
         width_in = self.n_coord_features
         # First layer split in two: per-coordinate part and per-tensor (global) part.
         self.coord_in = nn.Linear(width_in, hidden if hidden_layers else 2, bias=True)
@@ -98,7 +106,7 @@ class MLPRule(LearnedRule):
     def config(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "hidden_layers": self.hidden_layers, "betas": list(self.betas),
                 "rms_beta": self.rms_beta, "timescales": list(self.timescales_list), "step_mult": self.step_mult,
-                "exp_mult": self.exp_mult, "eps": self.eps}
+                "exp_mult": self.exp_mult, "eps": self.eps, "tensor_features": self.tensor_features}
 
     def init_state(self, params: ParamDict) -> StateDict:
         return {name: self._fresh_state(p, batch_dims=0) for name, p in params.items()}
@@ -259,7 +267,7 @@ class MLPRule(LearnedRule):
         step = step_old + 1
         scale = torch.rsqrt((sumsq / n).to(dtype) + self.eps)
         w_in = self.coord_in.weight * scale
-        bias = (self.coord_in.bias + self.global_in(progress_features(step, self.timescales.to(dtype)))).unsqueeze(1)
+        bias = (self.coord_in.bias + self.global_in(self._global_features(step, scale, dtype))).unsqueeze(1)
         # Output rows pre-multiplied: row 0 by step_mult * lr (the step), row 1 by exp_mult.
         out_mult = torch.tensor([[self.step_mult * lr], [self.exp_mult]], dtype=dtype, device=device)
         if self.head is None:
@@ -288,6 +296,15 @@ class MLPRule(LearnedRule):
             # p - step_mult * d * exp(exp_mult * s)
             torch.addcmul(pc, d, s.exp_(), value=-1.0, out=oc)
 
+    def _global_features(self, step: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+        """Per-tensor features: progress, and with ``tensor_features`` ``0.2 log RMS`` of g, sqrt(v)
+        and p (``scale`` holds each feature's ``1 / RMS``: (F,) or (tasks, F)); (G,) or (tasks, G)."""
+        progress = progress_features(step, self.timescales.to(dtype))
+        if not self.tensor_features:
+            return progress
+        log_rms = -0.2 * torch.log(scale[..., list(self.scale_rows)])
+        return torch.cat([progress.expand(*log_rms.shape[:-1], -1), log_rms], dim=-1)
+
     def _update_tensor(self, p: Tensor, g: Tensor, st: dict[str, Tensor], batch_dims: int):
         tasks = p.shape[0] if batch_dims else 1
         n = p[0].numel() if batch_dims else p.numel()
@@ -307,8 +324,8 @@ class MLPRule(LearnedRule):
         # Second-moment normalization per (task, feature), folded into the first layer's weights.
         scale = torch.rsqrt(feats.square().mean(dim=-1) + self.eps)  # (tasks, F)
         w_in = self.coord_in.weight.unsqueeze(0) * scale.unsqueeze(1)  # (tasks, H, F)
-        bias = self.coord_in.bias + self.global_in(progress_features(step, self.timescales.to(p.dtype)))
-        bias = bias.view(1, -1, 1)
+        bias = self.coord_in.bias + self.global_in(self._global_features(step, scale, p.dtype))
+        bias = bias.view(-1 if self.tensor_features else 1, bias.shape[-1], 1)
         chunk = n if torch.is_grad_enabled() else 32768  # cache-sized chunks when deployed
         outs = []
         for lo in range(0, n, chunk):
