@@ -240,3 +240,21 @@ def test_philox_noise_for_bfloat16_parameters_is_made_in_float32():
     assert abs(z.mean().item()) < 0.05 and z.std().item() == pytest.approx(1.0, abs=0.03)
     assert z.abs().max().item() > 3.0  # the tails are there (Box-Muller in float32, not bfloat16)
 
+
+
+def test_philox_falls_back_to_the_eager_update_with_a_warning_when_compiling_fails(monkeypatch):
+    import l2o.optim.sgld as sgld_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(sgld_module, "_compiled_langevin", broken)  # as if torch.compile had failed
+    x = torch.zeros(50, requires_grad=True)
+    optimizer = SGLD([x], lr=0.1, noise="philox", generator=torch.Generator().manual_seed(0))
+    x.grad = torch.zeros_like(x)
+    with pytest.warns(RuntimeWarning, match="could not compile its update.*no C\\+\\+ compiler"):
+        optimizer.step()
+    assert sgld_module._compiled_langevin is sgld_module._philox.langevin_update_  # no retry every step
+    expected = 0.1 ** 0.5 * philox_normal(50, optimizer.state[x]["noise_stream"], torch.tensor(1),
+                                          optimizer._philox_key)
+    torch.testing.assert_close(x.detach(), expected)

@@ -143,6 +143,7 @@ def _list(args) -> int:
     for kind, names in optimizers.available().items():
         print(f"optimizers ({kind}): " + (", ".join(names) or "(none)"))
     print("optimizers (any class): package.module:Class")
+    print("optimizers (your own learned weights): learned:PATH, e.g. learned:run/weights.safetensors from 'l2o meta train'")
     print("tuned:NAME  a learned or self-tuning optimizer with its step multiplier (lr) tuned, "
           "beside its untuned row")
     return 0
