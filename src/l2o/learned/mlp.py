@@ -263,7 +263,7 @@ class MLPRule(LearnedRule):
             torch.linalg.vector_norm(f_scaled, dim=1, out=norms[i, nb:])
         sq = norms.to(torch.float64).square_().sum(dim=0)
         sumsq = torch.cat([torch.stack([torch.dot(gf, gf).double()]), sq[:nb],
-                           torch.stack([v.sum(dtype=torch.float64), torch.dot(pf, pf).double()]), sq[nb:]])
+                           torch.stack([v.sum().double(), torch.dot(pf, pf).double()]), sq[nb:]])
         step = step_old + 1
         scale = torch.rsqrt((sumsq / n).to(dtype) + self.eps)
         w_in = self.coord_in.weight * scale
