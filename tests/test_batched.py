@@ -87,6 +87,25 @@ def test_family_covers_every_dataset_and_runs():
         assert result.finite and len(result.losses) == 3
 
 
+def test_lowdim_problems_are_a_few_numbers_at_varied_scales():
+    family = GeneralFamily(datasets=("lowdim",), horizon=(5, 10))
+    gen = torch.Generator().manual_seed(0)
+    scales, dims = [], set()
+    rule = MLPRule(hidden=4, tensor_features=True)
+    for _ in range(30):
+        tasks = family.sample_batch(gen, 2)
+        params = tasks[0].init_params(torch.Generator().manual_seed(0))
+        assert set(params) == {"layer0.weight", "layer0.bias"} and params["layer0.bias"].numel() == 1
+        dims.add(params["layer0.weight"].numel())
+        scales += [float(t.x_train.abs().mean()) for t in tasks]
+        with torch.no_grad():
+            result = batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3)
+        assert result.finite
+    assert dims == {1, 2, 3}
+    assert max(scales) / min(scales) > 20  # data scales spread over decades
+    assert "lowdim" not in DATASETS  # opt-in: the default family (and the shipped recipe) is unchanged
+
+
 def test_family_rejects_bad_arguments():
     with pytest.raises(ValueError, match="datasets"):
         GeneralFamily(datasets=("imagenet",))

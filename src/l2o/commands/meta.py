@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     train.add_argument("--estimator", choices=("bptt", "es", "pes"), default="bptt", help="meta-gradient estimator")
     train.add_argument("--task", choices=TASK_CHOICES, default="general",
                        help="task family: all data sets ('general') or one of them (default: general)")
+    train.add_argument("--datasets", type=_words, default=None,
+                       help="with --task general: the problem types, e.g. digits,quadratic,lowdim "
+                            "(default: digits, classification, regression, quadratic)")
     train.add_argument("--activations", type=_words, default=("sigmoid", "tanh", "relu"), help="e.g. relu,tanh")
     train.add_argument("--widths", type=_ints, default=(16, 32, 64), help="hidden widths, e.g. 16,32,64")
     train.add_argument("--depths", type=_ints, default=(1, 2), help="hidden layers, e.g. 1,2")
@@ -116,7 +119,9 @@ def _train(args) -> int:
     from l2o.tasks.family import DATASETS, GeneralFamily
 
     torch.set_num_threads(args.threads)
-    datasets = DATASETS if args.task == "general" else (args.task,)
+    if args.datasets is not None and args.task != "general":
+        raise SystemExit("--datasets applies to --task general only")
+    datasets = (args.datasets or DATASETS) if args.task == "general" else (args.task,)
     family = GeneralFamily(datasets=datasets, widths=args.widths, depths=args.depths, activations=args.activations,
                            batch_sizes=args.batch_sizes, horizon=args.horizon)
     if args.optimizer == "mlp":

@@ -27,6 +27,10 @@ from l2o.tasks.base import Params, SupervisedTask, TaskFamily, init_linear_layer
 from l2o.tasks.digits import ACTIVATIONS
 
 DATASETS = ("digits", "classification", "regression", "quadratic")
+#: Problem types that exist but are not in the default family (``GeneralFamily(datasets=...)``):
+#: ``lowdim``, least squares in 1-3 parameters with the data and targets rescaled by random
+#: factors over two decades each, i.e. problems whose tensors are a few numbers at any scale.
+EXTRA_DATASETS = ("lowdim",)
 
 
 class MLPTask(SupervisedTask):
@@ -116,6 +120,16 @@ def _regression_data(seed: int, in_dim: int, n: int = 600):
     return x[:n], y[:n], x[n:], y[n:]
 
 
+def _lowdim_data(seed: int, dim: int):
+    # f(theta) = mean((A theta + b - y)^2) with dim + 1 parameters (a (1, dim) weight and a bias),
+    # curvature and optimum scaled by log-uniform factors in [0.1, 10].
+    g = torch.Generator().manual_seed(seed)
+    a_scale, y_scale = (10.0 ** (2 * float(torch.rand((), generator=g)) - 1) for _ in range(2))
+    a = torch.randn(4 * dim, dim, generator=g) * a_scale
+    y = torch.randn(4 * dim, generator=g) * y_scale
+    return a, y, a, y
+
+
 def _quadratic_data(seed: int, dim: int):
     # f(theta) = mean((A theta + b - y)^2): a random convex quadratic, full batch.
     g = torch.Generator().manual_seed(seed)
@@ -142,8 +156,10 @@ def build_task(config: TaskConfig, data_seed: int) -> MLPTask:
         arrays = _regression_data(data_seed, config.in_dim)
     elif config.dataset == "quadratic":
         arrays = _quadratic_data(data_seed, config.in_dim)
+    elif config.dataset == "lowdim":
+        arrays = _lowdim_data(data_seed, config.in_dim)
     else:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {config.dataset!r}")
+        raise ValueError(f"dataset must be one of {DATASETS + EXTRA_DATASETS}, got {config.dataset!r}")
     return MLPTask(*arrays, hidden=config.hidden, layers=config.layers, activation=config.activation,
                    batch_size=config.batch_size, steps=config.horizon, name=f"{config.dataset}_mlp")
 
@@ -161,9 +177,9 @@ class GeneralFamily(TaskFamily):
 
     def __init__(self, datasets=DATASETS, widths=(16, 32, 64), depths=(1, 2),
                  activations=("sigmoid", "tanh", "relu"), batch_sizes=(32, 64, 128), horizon=(100, 1000)):
-        bad = [d for d in datasets if d not in DATASETS]
+        bad = [d for d in datasets if d not in DATASETS + EXTRA_DATASETS]
         if bad or not datasets:
-            raise ValueError(f"datasets must be a non-empty subset of {DATASETS}, got {list(datasets)}")
+            raise ValueError(f"datasets must be a non-empty subset of {DATASETS + EXTRA_DATASETS}, got {list(datasets)}")
         bad = [a for a in activations if a not in ACTIVATIONS]
         if bad or not activations:
             raise ValueError(f"activations must be a non-empty subset of {sorted(ACTIVATIONS)}, got {list(activations)}")
@@ -187,6 +203,8 @@ class GeneralFamily(TaskFamily):
         hidden, layers, activation, batch = pick(self.widths), pick(self.depths), pick(self.activations), pick(self.batch_sizes)
         if dataset == "quadratic":
             return TaskConfig("quadratic", 1, 0, "relu", None, horizon, in_dim=pick((10, 20, 50)))
+        if dataset == "lowdim":
+            return TaskConfig("lowdim", 1, 0, "relu", None, horizon, in_dim=pick((1, 2, 3)))
         if dataset == "classification":
             return TaskConfig(dataset, hidden, layers, activation, batch, horizon,
                               in_dim=pick((8, 16, 32)), n_classes=pick((2, 5, 10)))
