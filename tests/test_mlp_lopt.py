@@ -257,3 +257,15 @@ def test_tensor_features_let_the_rule_see_the_scale_it_normalizes_away():
         # (eps in the normalizers breaks the invariance at the 1e-5 level)
         assert torch.allclose(steps[0], steps[1], rtol=1e-3, atol=0) == invariant
 
+
+
+def test_learned_optimizer_moves_a_copy_of_the_rule_to_the_parameters_device():
+    # (the meta device stands in for a GPU: the check is about placement, not arithmetic)
+    rule = MLPRule(hidden=4)
+    on_meta = torch.zeros(3, device="meta", requires_grad=True)
+    optimizer = LearnedOptimizer([on_meta], rule=rule)
+    assert all(t.device.type == "meta" for t in [*optimizer.rule.parameters(), *optimizer.rule.buffers()])
+    assert all(t.device.type == "cpu" for t in rule.parameters())  # the caller's rule is untouched
+    assert LearnedOptimizer([torch.zeros(3, requires_grad=True)], rule=rule).rule is rule  # already there
+    with pytest.raises(ValueError, match="all parameters on one device"):
+        LearnedOptimizer([torch.zeros(3, requires_grad=True), on_meta], rule=rule)

@@ -208,8 +208,9 @@ def test_philox_noise_of_the_compiled_update_equals_the_eager_formula():
         grad = torch.randn(1001, generator=torch.Generator().manual_seed(0), dtype=dtype)
         eager, compiled = torch.zeros(1001, dtype=dtype), torch.zeros(1001, dtype=dtype)
         drift, scale = torch.tensor(-0.5, dtype=dtype), torch.tensor(0.1, dtype=dtype)
-        _philox.langevin_update_(eager, grad, drift, scale, stream, step, key)
-        _langevin_update()(compiled, grad, drift, scale, stream, step, key)
+        counter = _philox.block_counter(5000)  # longer than needed, as SGLD's kept counter is
+        _philox.langevin_update_(eager, grad, drift, scale, stream, step, key, counter)
+        _langevin_update()(compiled, grad, drift, scale, stream, step, key, counter)
         torch.testing.assert_close(compiled, eager)  # same integers; float maths to rounding
         expected = -0.5 * grad + 0.1 * philox_normal(1001, stream, step, key, dtype=dtype)
         torch.testing.assert_close(eager, expected)

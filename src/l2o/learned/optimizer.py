@@ -16,6 +16,7 @@ they are fixed (shipped or loaded from a file).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterable
 
@@ -35,6 +36,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         rule: the trained rule; None loads the shipped ``"l2l-digits"`` LSTM.
         lr: a multiplier of the rule's update (1.0 applies it exactly as meta-trained); kept
             per param group so learning-rate schedulers work.
+
+    The parameters must all be on one device; the rule runs there (a copy of it is moved there
+    when its weights are elsewhere, e.g. shipped weights, which load on the CPU).
     """
 
     def __init__(self, params: Iterable, rule: LearnedRule | None = None, lr: float = 1.0):
@@ -47,7 +51,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not isinstance(rule, LearnedRule):
             raise ValueError(f"rule must be a LearnedRule, got {type(rule).__name__}")
         super().__init__(params, {"lr": lr})
+        devices = {p.device for group in self.param_groups for p in group["params"]}
+        if len(devices) > 1:
+            raise ValueError(f"LearnedOptimizer needs all parameters on one device, got {sorted(map(str, devices))}; "
+                             "use one optimizer per device")
+        # The rule's weights must live where the parameters are (a shipped rule loads on the CPU):
+        # a copy is moved there, so a rule shared with other optimizers is left where it was.
         self.rule = rule
+        if devices:
+            device = devices.pop()
+            if any(t.device != device for t in [*rule.parameters(), *rule.buffers()]):
+                self.rule = copy.deepcopy(rule).to(device)
         for p in self.rule.parameters():
             p.requires_grad_(False)
 

@@ -42,17 +42,25 @@ def _uniform(word: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return ((word >> 8).to(dtype) + 0.5) * (1.0 / 16777216.0)
 
 
+def block_counter(numel: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The first counter word of each block of four numbers: ``0, 1, ..., ceil(numel / 4) - 1``."""
+    return torch.arange((numel + 3) // 4, dtype=torch.int64, device=device)
+
+
 def philox_normal(numel: int, stream: torch.Tensor, step: torch.Tensor, key: torch.Tensor,
-                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                  counter: torch.Tensor | None = None) -> torch.Tensor:
     """``numel`` standard normal numbers, a pure function of ``(stream, step, key)``.
 
     Counter ``i`` (for ``i < ceil(numel / 4)``) is ``(i, stream, step mod 2^32, step >> 32)``:
     coordinates, tensors (streams) and steps never share a counter. ``stream`` and ``step`` are
     0-dim int64 tensors and ``key`` an int64 tensor of two 32-bit words, so that a compiled caller
-    does not specialize on their values.
+    does not specialize on their values. ``counter`` (:func:`block_counter`, at least that long)
+    may be passed in: compiled for CUDA, a counter made inside the function becomes index
+    arithmetic that Triton evaluates in 32 bits, which the 32-bit multipliers overflow.
     """
     blocks = (numel + 3) // 4
-    index = torch.arange(blocks, dtype=torch.int64, device=device)
+    index = block_counter(numel, device) if counter is None else counter[:blocks]
     words = philox4x32(index, stream & _MASK, step & _MASK, (step >> 32) & _MASK, key[0], key[1])
     u = [_uniform(w, dtype) for w in words]
     radius0 = torch.sqrt(-2.0 * torch.log(u[0]))
@@ -64,15 +72,15 @@ def philox_normal(numel: int, stream: torch.Tensor, step: torch.Tensor, key: tor
 
 
 def langevin_update_(param: torch.Tensor, grad: torch.Tensor, drift: torch.Tensor, scale: torch.Tensor,
-                     stream: torch.Tensor, step: torch.Tensor, key: torch.Tensor) -> None:
+                     stream: torch.Tensor, step: torch.Tensor, key: torch.Tensor, counter: torch.Tensor) -> None:
     """In place: ``param += drift * grad + scale * xi`` with ``xi`` from :func:`philox_normal`.
 
     ``drift`` and ``scale`` are 0-dim tensors of :func:`working_dtype` (no recompilation when the
-    step size changes).
+    step size changes); ``counter`` is a :func:`block_counter` at least as long as ``param`` needs.
     Compiled, this is one pass over ``param`` and ``grad``, the noise generated in registers.
     """
     work = working_dtype(param.dtype)
-    noise = philox_normal(param.numel(), stream, step, key, dtype=work, device=param.device)
+    noise = philox_normal(param.numel(), stream, step, key, dtype=work, device=param.device, counter=counter)
     param.add_((grad.to(work) * drift + noise.view_as(param) * scale).to(param.dtype))
 
 

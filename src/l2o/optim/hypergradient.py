@@ -23,8 +23,12 @@ def _hypergradient(grads: list[torch.Tensor], previous: list[torch.Tensor | None
     dots = [torch.dot(g.reshape(-1), d.reshape(-1)) for g, d in zip(grads, previous) if d is not None]
     if not dots:
         return 0.0
-    # Summed in float64 so the value does not depend on how tensors are bucketed.
-    return sum(scalar(d.double()) for d in dots)
+    # Summed in float64 (so the value does not depend on how tensors are bucketed), on each device
+    # first: one read-back per device per step, not one per tensor (each is a sync on a GPU).
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for d in dots:
+        by_device.setdefault(d.device, []).append(d.double())
+    return sum(scalar(torch.stack(ds).sum()) for ds in by_device.values())
 
 
 def _effective_grads(params, grads, weight_decay, maximize):

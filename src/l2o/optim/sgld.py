@@ -182,9 +182,20 @@ def _langevin_update():
     return _compiled_langevin
 
 
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def _counter(numel: int, device: torch.device) -> torch.Tensor:
+    """A :func:`_philox.block_counter` for ``numel`` numbers on ``device``, kept and grown."""
+    counter = _counters.get(device)
+    if counter is None or counter.numel() < (numel + 3) // 4:
+        counter = _counters[device] = _philox.block_counter(max(numel, 4096), device)
+    return counter
+
+
 def _sgld_philox(params, grads, steps, streams, key, *, lr, num_data, temperature, lr_offset, lr_decay):
     global _compiled_langevin
-    scalars = {}  # (step, dtype) -> the update's 0-dim arguments, made once per step count and dtype
+    scalars = {}  # (step, dtype, device) -> the update's 0-dim arguments, made once per step count
     for param, grad, step_t, stream in zip(params, grads, steps, streams):
         step_t += 1
         step = scalar(step_t)
@@ -193,13 +204,14 @@ def _sgld_philox(params, grads, steps, streams, key, *, lr, num_data, temperatur
             param.add_(grad, alpha=-0.5 * eps * num_data)
             continue
         work = _philox.working_dtype(param.dtype)
-        shared = scalars.get((step, work))
+        shared = scalars.get((step, work, param.device))
         if shared is None:
-            shared = scalars[(step, work)] = (
-                torch.tensor(-0.5 * eps * num_data, dtype=work),
-                torch.tensor(math.sqrt(eps * temperature), dtype=work), torch.tensor(int(step)))
-        drift, scale, step_i = shared
-        args = (param, grad, drift, scale, stream, step_i, key)
+            shared = scalars[(step, work, param.device)] = (
+                torch.tensor(-0.5 * eps * num_data, dtype=work, device=param.device),
+                torch.tensor(math.sqrt(eps * temperature), dtype=work, device=param.device),
+                torch.tensor(int(step), device=param.device), key.to(param.device))
+        drift, scale, step_i, key_d = shared
+        args = (param, grad, drift, scale, stream.to(param.device), step_i, key_d, _counter(param.numel(), param.device))
         if torch.compiler.is_compiling():  # inside the caller's compiled step: trace it there
             _philox.langevin_update_(*args)
             continue

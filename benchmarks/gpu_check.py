@@ -1,0 +1,240 @@
+"""Checks and step times of l2o's optimizers on a GPU (CUDA): correctness first, then speed.
+
+Correctness (on ``--device``, float32 unless said):
+
+- every ``l2o.optim`` optimizer: the multi-tensor path against the per-tensor loop over 5 steps
+  (SGLD with a generator on the device, so that both draw the same noise);
+- ``SGLD(noise="philox")``: the compiled update against the eager formula, the Philox words on the
+  device against the CPU's (the same integers: chains do not depend on the device), and the
+  mean and variance of a million normals;
+- ``torch.compile(HAdam.step)`` against the eager step;
+- the learned optimizers (``mlp-general`` on the 1M-parameter model of ``mlp_lopt.py``,
+  ``l2l-digits`` on a small one): three steps on the device against the same steps on the CPU.
+
+Speed: each optimizer's ``step()`` on the 50 tensors of ``step_time.py`` (2.7M parameters), as
+ratios to ``torch.optim.Adam()`` (default settings: foreach on CUDA) and ``Adam(fused=True)``,
+timed with device synchronization, medians of interleaved rounds; and the learned optimizers'
+step on the 1M-parameter model against Adam's.
+
+Usage::
+
+    python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
+    python benchmarks/gpu_check.py --device cpu --rounds 2 --out /tmp/gpu_check_cpu.json   # dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import l2o.optim  # noqa: E402
+from step_time import make_tensors  # noqa: E402
+
+
+def small_params(device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(64, 32), (32,), (7, 5, 3), (0, 4)]
+    return [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
+
+
+def grads_for(params, step):
+    gen = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(p.shape, generator=gen).to(p.device) * 0.1 for p in params]
+
+
+def drive(optimizer, params, steps=5):
+    for step in range(steps):
+        for p, g in zip(params, grads_for(params, step)):
+            p.grad = g.clone()
+        optimizer.step()
+
+
+def foreach_parity(device) -> dict:
+    out = {}
+    for name in l2o.optim.available():
+        results = []
+        for foreach in (False, True):
+            params = small_params(device)
+            kwargs = {"foreach": foreach}
+            if name == "sgld":
+                kwargs["generator"] = torch.Generator(device=device).manual_seed(0)
+            drive(l2o.optim.create(name, params, **kwargs), params)
+            results.append([p.detach().cpu() for p in params])
+        diff = max(float((a - b).abs().max()) if a.numel() else 0.0 for a, b in zip(*results))
+        finite = all(bool(torch.isfinite(p).all()) for p in results[1])
+        moved = float((results[1][0] - small_params("cpu")[0].detach()).abs().max())
+        out[name] = {"max_abs_diff_foreach_vs_loop": diff, "finite": finite, "moved": moved}
+    return out
+
+
+def philox_checks(device) -> dict:
+    from l2o.optim import _philox
+    from l2o.optim.sgld import _langevin_update
+
+    key, stream, step = torch.tensor([5, 7], dtype=torch.int64), torch.tensor(3), torch.tensor(11)
+    words_cpu = _philox.philox4x32(torch.arange(4096, dtype=torch.int64), 3, 11, 0, 5, 7)
+    words_dev = _philox.philox4x32(torch.arange(4096, dtype=torch.int64, device=device), 3, 11, 0, 5, 7)
+    same_words = all(torch.equal(a, b.cpu()) for a, b in zip(words_cpu, words_dev))
+    z = _philox.philox_normal(1_000_000, stream, step, key.to(device), dtype=torch.float32, device=device)
+    z_cpu = _philox.philox_normal(1_000_000, stream, step, key, dtype=torch.float32)
+    grad = torch.randn(100_003, generator=torch.Generator().manual_seed(0)).to(device)
+    eager, compiled = torch.zeros_like(grad), torch.zeros_like(grad)
+    drift, scale = torch.tensor(-0.5, device=device), torch.tensor(0.1, device=device)
+    counter = _philox.block_counter(grad.numel(), device)
+    _philox.langevin_update_(eager, grad, drift, scale, stream.to(device), step.to(device), key.to(device), counter)
+    _langevin_update()(compiled, grad, drift, scale, stream.to(device), step.to(device), key.to(device), counter)
+    return {"words_equal_cpu": same_words, "normal_mean": float(z.mean()), "normal_var": float(z.var()),
+            "normal_max_abs_diff_vs_cpu": float((z.cpu() - z_cpu).abs().max()),
+            "compiled_vs_eager_max_abs_diff": float((compiled - eager).abs().max())}
+
+
+def compiled_hadam(device) -> dict:
+    eager_p, compiled_p = small_params(device), small_params(device)
+    eager, compiled = l2o.optim.HAdam(eager_p, lr=0.05), l2o.optim.HAdam(compiled_p, lr=0.05)
+    step = torch.compile(compiled.step)
+    drive(eager, eager_p)
+    for s in range(5):
+        for p, g in zip(compiled_p, grads_for(compiled_p, s)):
+            p.grad = g.clone()
+        step()
+    return {"max_abs_diff": max(float((a - b).detach().abs().max()) if a.numel() else 0.0
+                                for a, b in zip(eager_p, compiled_p))}
+
+
+def one_million_model(device):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(1024, 768), torch.nn.ReLU(), torch.nn.Linear(768, 256),
+                               torch.nn.ReLU(), torch.nn.Linear(256, 10)).to(device)
+
+
+def learned_vs_cpu(device) -> dict:
+    from l2o.learned.optimizer import LearnedOptimizer
+
+    out = {}
+    def small_model(dev):
+        torch.manual_seed(0)
+        return torch.nn.Linear(64, 10).to(dev)
+
+    for name, make in (("mlp-general", one_million_model), ("l2l-digits", small_model)):
+        finals = []
+        for dev in ("cpu", device):
+            model = make(dev)
+            params = list(model.parameters())
+            optimizer = LearnedOptimizer.pretrained(name, params)
+            for step in range(3):
+                for p, g in zip(params, grads_for([q.detach().cpu() for q in params], step)):
+                    p.grad = (g * 0.01).to(dev)
+                optimizer.step()
+            finals.append(torch.cat([p.detach().cpu().flatten() for p in params]))
+        start = torch.cat([p.detach().flatten() for p in make("cpu").parameters()])
+        moved = float((finals[0] - start).abs().max())
+        out[name] = {"max_abs_diff_vs_cpu": float((finals[0] - finals[1]).abs().max()), "max_step_cpu": moved}
+    return out
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(setups: dict, device, rounds: int, steps: int) -> dict:
+    for optimizer in setups.values():  # warm-up, compile
+        for _ in range(3):
+            optimizer()
+    synchronize(device)
+    times = {name: [] for name in setups}
+    for _ in range(rounds):
+        for name, optimizer in setups.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                optimizer()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def optimizer_speed(device, rounds: int, steps: int) -> dict:
+    def tensors():
+        params = [p.detach().to(device).requires_grad_() for p in make_tensors()]
+        for p, q in zip(params, make_tensors()):
+            p.grad = q.grad.to(device)
+        return params
+
+    configs = {"adam (default)": lambda ps: torch.optim.Adam(ps).step,
+               "adam fused": lambda ps: torch.optim.Adam(ps, fused=True).step,
+               "hadam": lambda ps: l2o.optim.HAdam(ps).step,
+               "hadam compiled": lambda ps: torch.compile(l2o.optim.HAdam(ps).step),
+               "sgld": lambda ps: l2o.optim.SGLD(ps).step,
+               "sgld noise=philox": lambda ps: l2o.optim.SGLD(ps, noise="philox").step,
+               "sgdhd": lambda ps: l2o.optim.SGDHD(ps).step,
+               "adamhd": lambda ps: l2o.optim.AdamHD(ps).step,
+               "yellowfin": lambda ps: l2o.optim.YellowFin(ps).step}
+    setups = {name: make(tensors()) for name, make in configs.items()}
+    seconds = time_steps(setups, device, rounds, steps)
+    adam, fused = seconds["adam (default)"], seconds["adam fused"]
+    return {name: {"ms": 1e3 * s, "ratio_to_adam": s / adam, "ratio_to_fused_adam": s / fused}
+            for name, s in seconds.items()}
+
+
+def learned_speed(device, rounds: int, steps: int) -> dict:
+    from l2o.learned.optimizer import LearnedOptimizer
+
+    def setup(factory):
+        model = one_million_model(device)
+        gen = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.grad = (torch.randn(p.shape, generator=gen) * 1e-3).to(device)
+        return factory(list(model.parameters())).step
+
+    setups = {"adam (default)": setup(lambda ps: torch.optim.Adam(ps)),
+              "mlp-general": setup(lambda ps: LearnedOptimizer.pretrained("mlp-general", ps)),
+              "l2l-digits (LSTM)": setup(lambda ps: LearnedOptimizer.pretrained("l2l-digits", ps))}
+    seconds = time_steps(setups, device, rounds, steps)
+    adam = seconds["adam (default)"]
+    return {name: {"ms": 1e3 * s, "ratio_to_adam": s / adam} for name, s in seconds.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu_check.json"))
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device: nothing to check (use --device cpu for a dry run)", file=sys.stderr)
+        return 0
+    torch._dynamo.config.recompile_limit = 64  # every optimizer's step goes through one wrapper
+    report = {"command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "torch": torch.__version__, "python": platform.python_version(),
+              "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()}
+    sections = [("foreach_vs_loop", foreach_parity), ("sgld_philox", philox_checks),
+                ("hadam_compiled_vs_eager", compiled_hadam), ("learned_device_vs_cpu", learned_vs_cpu),
+                ("step_time_2_7M", lambda d: optimizer_speed(d, args.rounds, args.steps)),
+                ("learned_step_time_1M", lambda d: learned_speed(d, args.rounds, max(1, args.steps // 5)))]
+    for name, fn in sections:
+        start = time.perf_counter()
+        try:
+            report[name] = fn(args.device)
+        except Exception as error:  # report and go on: one failure should not hide the rest
+            report[name] = {"error": f"{type(error).__name__}: {error}"}
+        print(f"{name} ({time.perf_counter() - start:.1f} s): {json.dumps(report[name])}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
