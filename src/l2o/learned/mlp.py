@@ -149,7 +149,8 @@ class MLPRule(LearnedRule):
     #: tensors with more coordinates than this take the deployment path when no gradient is
     #: being recorded (smaller ones: the differentiable path, where per-op overhead dominates).
     fast_threshold: int = 4096
-    #: coordinates per chunk of the deployment path (its buffers, reused across steps, hold
+    #: coordinates per chunk of the deployment path on the CPU (elsewhere a tensor is one chunk;
+    #: its buffers, reused across steps, hold
     #: about ``(n_coord_features + hidden + 3) * fast_chunk`` numbers, plus one number per
     #: coordinate of the largest tensor).
     fast_chunk: int = 65536
@@ -232,7 +233,9 @@ class MLPRule(LearnedRule):
         first layer's weights (``W (x * s) = (W * s) x``)."""
         n, nb = p.numel(), len(self.betas)
         dtype, device = p.dtype, p.device
-        chunk = min(self.fast_chunk, n)
+        # Chunks keep the feature rows in the CPU's cache; on a GPU each chunk costs ~25 kernel
+        # launches, so the whole tensor is one chunk there.
+        chunk = min(self.fast_chunk, n) if p.device.type == "cpu" else n
         ws = self._workspace(dtype, device, chunk)
         beta = self.beta_vec.to(dtype).unsqueeze(1)
         one_minus_beta = 1.0 - beta
