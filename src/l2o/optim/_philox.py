@@ -43,8 +43,12 @@ def _uniform(word: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def block_counter(numel: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """The first counter word of each block of four numbers: ``0, 1, ..., ceil(numel / 4) - 1``."""
-    return torch.arange((numel + 3) // 4, dtype=torch.int64, device=device)
+    """The first counter word of each block of four numbers: ``0, 1, ..., ceil(numel / 4) - 1``
+    (int32: one byte of memory per number; widened where it is used)."""
+    blocks = (numel + 3) // 4
+    if blocks > 2 ** 31:
+        raise ValueError(f"a tensor of {numel} elements is too large for one Philox stream")
+    return torch.arange(blocks, dtype=torch.int32, device=device)
 
 
 def philox_normal(numel: int, stream: torch.Tensor, step: torch.Tensor, key: torch.Tensor,
@@ -60,7 +64,7 @@ def philox_normal(numel: int, stream: torch.Tensor, step: torch.Tensor, key: tor
     arithmetic that Triton evaluates in 32 bits, which the 32-bit multipliers overflow.
     """
     blocks = (numel + 3) // 4
-    index = block_counter(numel, device) if counter is None else counter[:blocks]
+    index = (block_counter(numel, device) if counter is None else counter[:blocks]).to(torch.int64)
     words = philox4x32(index, stream & _MASK, step & _MASK, (step >> 32) & _MASK, key[0], key[1])
     u = [_uniform(w, dtype) for w in words]
     radius0 = torch.sqrt(-2.0 * torch.log(u[0]))
