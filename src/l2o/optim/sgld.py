@@ -102,21 +102,22 @@ class SGLD(L2OOptimizer):
             if "noise_stream" in state:
                 state["noise_stream"] = state["noise_stream"].to(torch.int64)
 
-    def _stream_of(self, param: torch.Tensor) -> torch.Tensor:
-        """The Philox stream of ``param``: its position among all the optimizer's parameters."""
-        position = next(i for i, q in enumerate(q for g in self.param_groups for q in g["params"]) if q is param)
-        return torch.tensor(position, dtype=torch.int64)
+    def _stream_positions(self) -> dict[int, int]:
+        """Philox stream of each parameter (by ``id``): its position among all the optimizer's parameters."""
+        return {id(q): i for i, q in enumerate(q for g in self.param_groups for q in g["params"])}
 
     def _step_group(self, group, params, grads):
         if not params:
             return
         steps = []
+        positions = None
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = new_step_tensor()
             if self.noise == "philox" and "noise_stream" not in state:
-                state["noise_stream"] = self._stream_of(p)
+                positions = positions or self._stream_positions()
+                state["noise_stream"] = torch.tensor(positions[id(p)], dtype=torch.int64)
             steps.append(state["step"])
         if self.noise == "philox":
             # One compiled pass per tensor whatever ``foreach`` says: drift, noise and update fused.
