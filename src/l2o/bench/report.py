@@ -71,12 +71,14 @@ def grid_edges(chosen: dict[str, Any], tuning: list[tuple[dict[str, Any], int, A
     """Tuned numeric hyperparameters whose chosen value is the smallest ("low") or the largest
     ("high") of the values tried (diverged tries included): the best value may lie beyond the
     grid, so the row may be under-tuned. ``tuning`` holds ``(hparams, seed, loss)`` per tuning run."""
+    def is_number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
     edges = {}
     for key, value in chosen.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             continue
-        tried = sorted({hp[key] for hp, _, _ in tuning
-                        if isinstance(hp.get(key), (int, float)) and not isinstance(hp.get(key), bool)})
+        tried = sorted({hp[key] for hp, _, _ in tuning if is_number(hp.get(key))})
         if len(tried) < 2:
             continue
         if value == tried[0]:

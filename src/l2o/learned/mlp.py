@@ -235,7 +235,7 @@ class MLPRule(LearnedRule):
         dtype, device = p.dtype, p.device
         # Chunks keep the feature rows in the CPU's cache; on a GPU each chunk costs ~25 kernel
         # launches, so the whole tensor is one chunk there.
-        chunk = min(self.fast_chunk, n) if p.device.type == "cpu" else n
+        chunk = min(self.fast_chunk, n) if device.type == "cpu" else n
         ws = self._workspace(dtype, device, chunk)
         beta = self.beta_vec.to(dtype).unsqueeze(1)
         one_minus_beta = 1.0 - beta
@@ -328,7 +328,7 @@ class MLPRule(LearnedRule):
         scale = torch.rsqrt(feats.square().mean(dim=-1) + self.eps)  # (tasks, F)
         w_in = self.coord_in.weight.unsqueeze(0) * scale.unsqueeze(1)  # (tasks, H, F)
         bias = self.coord_in.bias + self.global_in(self._global_features(step, scale, p.dtype))
-        bias = bias.view(-1 if self.tensor_features else 1, bias.shape[-1], 1)
+        bias = bias.view(-1, bias.shape[-1], 1)  # (1, H, 1), or (tasks, H, 1) with tensor features
         chunk = n if torch.is_grad_enabled() else 32768  # cache-sized chunks when deployed
         outs = []
         for lo in range(0, n, chunk):

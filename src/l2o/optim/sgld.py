@@ -109,19 +109,21 @@ class SGLD(L2OOptimizer):
     def _step_group(self, group, params, grads):
         if not params:
             return
-        steps = []
+        steps, streams = [], []
         positions = None
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = new_step_tensor()
-            if self.noise == "philox" and "noise_stream" not in state:
-                positions = positions or self._stream_positions()
-                state["noise_stream"] = torch.tensor(positions[id(p)], dtype=torch.int64)
+            if self.noise == "philox":
+                if "noise_stream" not in state:
+                    positions = positions or self._stream_positions()
+                    state["noise_stream"] = torch.tensor(positions[id(p)], dtype=torch.int64)
+                streams.append(state["noise_stream"])
             steps.append(state["step"])
         if self.noise == "philox":
             # One compiled pass per tensor whatever ``foreach`` says: drift, noise and update fused.
-            _sgld_philox(params, grads, steps, [self.state[p]["noise_stream"] for p in params], self._philox_key,
+            _sgld_philox(params, grads, steps, streams, self._philox_key,
                          lr=group["lr"], num_data=group["num_data"], temperature=group["temperature"],
                          lr_offset=group["lr_offset"], lr_decay=group["lr_decay"])
             return
