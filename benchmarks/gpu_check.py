@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import l2o.optim  # noqa: E402
+import mlp_lopt  # noqa: E402
 from step_time import make_tensors  # noqa: E402
 
 
@@ -111,9 +112,7 @@ def compiled_hadam(device) -> dict:
 
 
 def one_million_model(device):
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(1024, 768), torch.nn.ReLU(), torch.nn.Linear(768, 256),
-                               torch.nn.ReLU(), torch.nn.Linear(256, 10)).to(device)
+    return mlp_lopt.one_million_model().to(device)  # the model of benchmarks/mlp_lopt.py
 
 
 def learned_vs_cpu(device) -> dict:
