@@ -79,7 +79,7 @@ def foreach_parity(device) -> dict:
 
 def philox_checks(device) -> dict:
     from l2o.optim import _philox
-    from l2o.optim.sgld import _langevin_update
+    from l2o.optim.sgld import _fused_langevin_
 
     key, stream, step = torch.tensor([5, 7], dtype=torch.int64), torch.tensor(3), torch.tensor(11)
     words_cpu = _philox.philox4x32(torch.arange(4096, dtype=torch.int64), 3, 11, 0, 5, 7)
@@ -92,7 +92,7 @@ def philox_checks(device) -> dict:
     drift, scale = torch.tensor(-0.5, device=device), torch.tensor(0.1, device=device)
     counter = _philox.block_counter(grad.numel(), device)
     _philox.langevin_update_(eager, grad, drift, scale, stream.to(device), step.to(device), key.to(device), counter)
-    _langevin_update()(compiled, grad, drift, scale, stream.to(device), step.to(device), key.to(device), counter)
+    assert _fused_langevin_(compiled, grad, drift, scale, stream.to(device), step.to(device), key.to(device), counter)
     return {"words_equal_cpu": same_words, "normal_mean": float(z.mean()), "normal_var": float(z.var()),
             "normal_max_abs_diff_vs_cpu": float((z.cpu() - z_cpu).abs().max()),
             "compiled_vs_eager_max_abs_diff": float((compiled - eager).abs().max())}

@@ -88,11 +88,7 @@ def _reference_step(rule: MLPRule, p, g, m, v, t):
     return p - step.view(p.shape), m, v
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize(("hidden_layers", "tensor_features"), [(1, False), (2, False), (0, False), (1, True)])
-def test_in_place_deployment_step_matches_a_plain_reference(dtype, hidden_layers, tensor_features):
-    rule = MLPRule(hidden=8, hidden_layers=hidden_layers, tensor_features=tensor_features)
-    rule = _trained_like(rule, seed=hidden_layers).to(dtype)
+def _check_in_place_steps_against_the_reference(rule: MLPRule, dtype, fused: bool = False):
     rule.fast_threshold, rule.fast_chunk = 100, 96  # several chunks, the last one partial
     gen = torch.Generator().manual_seed(3)
     shapes = {"w": (30, 25), "big_one_chunk": (90,), "small": (7,)}
@@ -105,7 +101,7 @@ def test_in_place_deployment_step_matches_a_plain_reference(dtype, hidden_layers
     for t in range(1, 5):
         grads = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64).to(dtype) * 10.0 ** (t - 3)
                  for k, v in params.items()}
-        rule.update_(grads, state, live)
+        rule.update_(grads, state, live, fused=fused)
         for k in params:
             with torch.no_grad():
                 ref[k] = _reference_step(rule, ref[k][0], grads[k], ref[k][1], ref[k][2], t)
@@ -115,6 +111,54 @@ def test_in_place_deployment_step_matches_a_plain_reference(dtype, hidden_layers
             assert int(state[k]["step"]) == t
     moved = float((live["w"] - params["w"]).abs().max())
     assert moved > 1e-3  # the comparison is not between two unchanged tensors
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("hidden_layers", "tensor_features"), [(1, False), (2, False), (0, False), (1, True)])
+def test_in_place_deployment_step_matches_a_plain_reference(dtype, hidden_layers, tensor_features):
+    rule = MLPRule(hidden=8, hidden_layers=hidden_layers, tensor_features=tensor_features)
+    _check_in_place_steps_against_the_reference(_trained_like(rule, seed=hidden_layers).to(dtype), dtype)
+
+
+# Each case compiles the fused pass once (a few seconds): the shipped shape in float32, and the
+# other branches of the kernel (no hidden layer; a second hidden layer, in float64).
+@pytest.mark.parametrize(("hidden_layers", "tensor_features", "dtype"),
+                         [(1, False, torch.float32), (0, False, torch.float32), (2, True, torch.float64)])
+def test_fused_deployment_step_matches_a_plain_reference(hidden_layers, tensor_features, dtype):
+    from l2o.learned._mlp_kernel import fused_mlp_step_
+
+    rule = MLPRule(hidden=4, hidden_layers=hidden_layers, tensor_features=tensor_features)
+    _check_in_place_steps_against_the_reference(_trained_like(rule, seed=hidden_layers).to(dtype), dtype, fused=True)
+    assert not fused_mlp_step_.failed  # the compiled pass ran, not the fallback
+
+
+def test_fused_step_falls_back_to_the_unfused_step_with_a_warning(monkeypatch):
+    import l2o.learned.mlp as mlp_module
+    from l2o._compile import CompiledOnce
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    kernel = CompiledOnce(mlp_module.fused_mlp_step_.fn, "LearnedOptimizer(fused=True)")
+    kernel._compiled = broken  # as if torch.compile had failed
+    monkeypatch.setattr(mlp_module, "fused_mlp_step_", kernel)
+    rule = _trained_like(MLPRule(hidden=8))
+    rule.fast_threshold, rule.fast_chunk = 8, 16  # the first layer (32 weights) takes 2 chunks
+    data = (torch.randn(32, 4), torch.randn(32, 1))
+    models = [_model(), _model()]
+    plain, fused = LearnedOptimizer(models[0].parameters(), rule=rule), LearnedOptimizer(models[1].parameters(),
+                                                                                          rule=rule, fused=True)
+    _train_steps(models[0], plain, 3, data)
+    with pytest.warns(RuntimeWarning, match="fused=True.*could not compile its fused step.*no C\\+\\+ compiler"):
+        _train_steps(models[1], fused, 3, data)
+    assert kernel.failed
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)  # the same eager arithmetic
+
+
+def test_fused_needs_a_rule_with_a_fused_step():
+    with pytest.raises(ValueError, match="fused=True needs a rule with a fused step"):
+        LearnedOptimizer([torch.zeros(3, requires_grad=True)], fused=True)  # the default rule is the LSTM
 
 
 def test_in_place_step_lr_scales_the_step():

@@ -201,7 +201,7 @@ def test_philox_chains_are_reproducible_and_resume_identically():
 
 def test_philox_noise_of_the_compiled_update_equals_the_eager_formula():
     from l2o.optim import _philox
-    from l2o.optim.sgld import _langevin_update
+    from l2o.optim.sgld import _fused_langevin_
 
     key, stream, step = torch.tensor([5, 7], dtype=torch.int64), torch.tensor(3), torch.tensor(11)
     for dtype in (torch.float32, torch.float64):
@@ -210,7 +210,7 @@ def test_philox_noise_of_the_compiled_update_equals_the_eager_formula():
         drift, scale = torch.tensor(-0.5, dtype=dtype), torch.tensor(0.1, dtype=dtype)
         counter = _philox.block_counter(5000)  # longer than needed, as SGLD's kept counter is
         _philox.langevin_update_(eager, grad, drift, scale, stream, step, key, counter)
-        _langevin_update()(compiled, grad, drift, scale, stream, step, key, counter)
+        assert _fused_langevin_(compiled, grad, drift, scale, stream, step, key, counter)  # ran compiled
         torch.testing.assert_close(compiled, eager)  # same integers; float maths to rounding
         expected = -0.5 * grad + 0.1 * philox_normal(1001, stream, step, key, dtype=dtype)
         torch.testing.assert_close(eager, expected)
@@ -245,17 +245,20 @@ def test_philox_noise_for_bfloat16_parameters_is_made_in_float32():
 
 def test_philox_falls_back_to_the_eager_update_with_a_warning_when_compiling_fails(monkeypatch):
     import l2o.optim.sgld as sgld_module
+    from l2o._compile import CompiledOnce
 
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler here")
 
-    monkeypatch.setattr(sgld_module, "_compiled_langevin", broken)  # as if torch.compile had failed
+    fused = CompiledOnce(sgld_module._philox.langevin_update_, "SGLD(noise='philox')")
+    fused._compiled = broken  # as if torch.compile had failed
+    monkeypatch.setattr(sgld_module, "_fused_langevin_", fused)
     x = torch.zeros(50, requires_grad=True)
     optimizer = SGLD([x], lr=0.1, noise="philox", generator=torch.Generator().manual_seed(0))
     x.grad = torch.zeros_like(x)
-    with pytest.warns(RuntimeWarning, match="could not compile its update.*no C\\+\\+ compiler"):
+    with pytest.warns(RuntimeWarning, match="could not compile its fused step.*no C\\+\\+ compiler"):
         optimizer.step()
-    assert sgld_module._compiled_langevin is sgld_module._philox.langevin_update_  # no retry every step
+    assert fused.failed and not fused(x)  # no retry every step
     expected = 0.1 ** 0.5 * philox_normal(50, optimizer.state[x]["noise_stream"], torch.tensor(1),
                                           optimizer._philox_key)
     torch.testing.assert_close(x.detach(), expected)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from l2o.learned._mlp_kernel import fused_mlp_step_
 from l2o.learned.base import LearnedRule, ParamDict, StateDict
 
 DEFAULT_BETAS = (0.5, 0.9, 0.99, 0.999)
@@ -57,6 +58,8 @@ class MLPRule(LearnedRule):
     """
 
     kind = "mlp"
+    #: ``update_(..., fused=True)`` exists (``LearnedOptimizer(fused=True)``)
+    supports_fused = True
 
     def __init__(self, hidden: int = 16, hidden_layers: int = 1, betas=DEFAULT_BETAS, rms_beta: float = 0.999,
                  timescales=DEFAULT_TIMESCALES, step_mult: float = 0.01, exp_mult: float = 0.1, eps: float = 1e-12,
@@ -156,13 +159,16 @@ class MLPRule(LearnedRule):
     fast_chunk: int = 65536
 
     @torch.no_grad()
-    def update_(self, grads: ParamDict, state: StateDict, params: ParamDict, lr: dict[str, float] | None = None) -> None:
+    def update_(self, grads: ParamDict, state: StateDict, params: ParamDict, lr: dict[str, float] | None = None,
+                fused: bool = False) -> None:
         """The step of :meth:`update` done in place (deployment; no autograd).
 
         ``params[name]`` and the tensors in ``state[name]`` are overwritten: no memory is allocated
         per step for the new parameters and accumulators (fresh allocations of this size cost
         page faults that take longer than the step's arithmetic). ``lr[name]`` multiplies the
-        step (default 1). Tensors without a gradient are left alone.
+        step (default 1). Tensors without a gradient are left alone. ``fused``: tensors of more
+        than ``fast_threshold`` coordinates apply the network in one compiled pass
+        (:mod:`l2o.learned._mlp_kernel`; compiled on first use).
         """
         for name, p in params.items():
             g = grads.get(name)
@@ -172,7 +178,7 @@ class MLPRule(LearnedRule):
             scale = 1.0 if lr is None else float(lr.get(name, 1.0))
             contiguous = p.is_contiguous() and st["m"].is_contiguous() and st["v"].is_contiguous()
             if p.numel() > self.fast_threshold and contiguous:
-                self._fast_step(p, g, st["m"], st["v"], st["step"], p, st["m"], st["v"], scale)
+                self._fast_step(p, g, st["m"], st["v"], st["step"], p, st["m"], st["v"], scale, fused)
                 st["step"] = st["step"] + 1
                 continue
             new_p, new_st = self._update_tensor(p, g, st, 0)
@@ -222,7 +228,7 @@ class MLPRule(LearnedRule):
         return views
 
     def _fast_step(self, p: Tensor, g: Tensor, m_old: Tensor, v_old: Tensor, step_old: Tensor,
-                   p_out: Tensor, m_out: Tensor, v_out: Tensor, lr: float) -> None:
+                   p_out: Tensor, m_out: Tensor, v_out: Tensor, lr: float, fused: bool = False) -> None:
         """The step of :meth:`_update_tensor` for one tensor (no autograd), written into
         ``p_out``, ``m_out``, ``v_out`` (which may be ``p``, ``m_old``, ``v_old`` themselves),
         computed in chunks of coordinates that stay in cache, with buffers reused across steps.
@@ -230,7 +236,9 @@ class MLPRule(LearnedRule):
         Pass 1 updates the accumulators and sums each feature's square over the tensor; pass 2
         rebuilds each chunk's features (cheaper than storing ``n_coord_features`` numbers per
         coordinate) and applies the MLP, with the per-tensor normalization folded into the
-        first layer's weights (``W (x * s) = (W * s) x``)."""
+        first layer's weights (``W (x * s) = (W * s) x``). With ``fused``, pass 2 is one compiled
+        loop over the whole tensor (:func:`l2o.learned._mlp_kernel.mlp_step_`), where this
+        function's own pass 2 is the fallback."""
         n, nb = p.numel(), len(self.betas)
         dtype, device = p.dtype, p.device
         # Chunks keep the feature rows in the CPU's cache; on a GPU each chunk costs ~25 kernel
@@ -247,11 +255,15 @@ class MLPRule(LearnedRule):
         m0_c, v0_c = m_old.reshape(nb, n).split(chunk, dim=1), v_old.reshape(n).split(chunk)
         # Feature rows (the order of ``_update_tensor``): g, m_b, sqrt(v), p, g r, m_b r.
 
-        # r = 1 / sqrt(v + eps) for the whole tensor, kept from pass 1 for pass 2.
-        r_all = ws.get("r_all")
-        if r_all is None or r_all.numel() < n:
-            r_all = ws["r_all"] = torch.empty(n, dtype=dtype, device=device)
-        r_c = r_all[:n].split(chunk)
+        # r = 1 / sqrt(v + eps) for the whole tensor, kept from pass 1 for the eager pass 2 (the
+        # fused one recomputes it: one chunk's worth is enough then).
+        if fused:
+            r_c = [ws["r"][:c] for c in (len(x) for x in g_c)]
+        else:
+            r_all = ws.get("r_all")
+            if r_all is None or r_all.numel() < n:
+                r_all = ws["r_all"] = torch.empty(n, dtype=dtype, device=device)
+            r_c = r_all[:n].split(chunk)
         # Pass 1: accumulators, and each feature's sum of squares over the tensor: chunk norms of
         # m_b, g r and m_b r (squared, summed); dot products for g, p and the sum of v = (sqrt v)^2.
         norms = torch.empty(len(g_c), 2 * nb + 1, dtype=dtype, device=device)
@@ -277,12 +289,20 @@ class MLPRule(LearnedRule):
             w_in, bias = w_in * out_mult, bias * out_mult
         else:
             w_out, b_out = self.head.weight * out_mult, self.head.bias.unsqueeze(1) * out_mult
+        if fused:
+            b_in = bias.squeeze(1)
+            layers = ([(w_in, b_in)] if self.head is None else
+                      [(w_in, b_in), *((lin.weight, lin.bias) for lin in self.hidden_stack), (w_out, b_out.squeeze(1))])
+            if fused_mlp_step_(newp, pf, gf, m, v, layers, self.eps):
+                return
         # Pass 2: features again (g r, m_b r still in the buffer when there is one chunk), MLP, update.
         single = len(g_c) == 1
         for gc, mc, vc, pc, oc, r in zip(g_c, m_c, v_c, p_c, out_c, r_c):
             f, f_g, f_m, f_sv, f_p, _, _, f_plain, f_scaled, h, out, _ = self._chunk_views(ws, gc.shape[0])
             f_g.copy_(gc)
             f_m.copy_(mc)
+            if fused:  # the fused pass failed to compile: r was kept for one chunk at a time
+                torch.add(vc, self.eps, out=r).rsqrt_()
             if not single:
                 torch.mul(f_plain, r, out=f_scaled)
             torch.sqrt(vc, out=f_sv)

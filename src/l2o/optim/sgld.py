@@ -8,11 +8,11 @@ Langevin Dynamics" (COLT 2017). See docs/methods/sgld.md.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable
 
 import torch
 
+from l2o._compile import CompiledOnce
 from l2o.optim import _philox
 from l2o.optim._base import (L2OOptimizer, check_foreach, check_nonnegative, check_positive, check_range,
                              group_by_device_and_dtype, new_step_tensor, resolve_foreach, scalar)
@@ -173,16 +173,9 @@ def _sgld_foreach(params, grads, steps, noises, *, lr, num_data, temperature, lr
             torch._foreach_add_(p_list, n_list)
 
 
-_compiled_langevin = None
-
-
-def _langevin_update():
-    """``_philox.langevin_update_`` compiled once for all shapes; the eager function (correct but
-    slow: the generator's rounds are separate tensor operations) where compiling fails."""
-    global _compiled_langevin
-    if _compiled_langevin is None:
-        _compiled_langevin = torch.compile(_philox.langevin_update_, dynamic=True)
-    return _compiled_langevin
+#: ``_philox.langevin_update_`` compiled once for all shapes; where compiling fails, the eager
+#: function (correct but slow: the generator's rounds are separate tensor operations).
+_fused_langevin_ = CompiledOnce(_philox.langevin_update_, "SGLD(noise='philox')")
 
 
 _counters: dict[torch.device, torch.Tensor] = {}
@@ -197,7 +190,6 @@ def _counter(numel: int, device: torch.device) -> torch.Tensor:
 
 
 def _sgld_philox(params, grads, steps, streams, key, *, lr, num_data, temperature, lr_offset, lr_decay):
-    global _compiled_langevin
     scalars = {}  # (step, dtype, device) -> the update's 0-dim arguments, made once per step count
     for param, grad, step_t, stream in zip(params, grads, steps, streams):
         step_t += 1
@@ -215,15 +207,7 @@ def _sgld_philox(params, grads, steps, streams, key, *, lr, num_data, temperatur
                 torch.tensor(int(step), device=param.device), key.to(param.device))
         drift, scale, step_i, key_d = shared
         args = (param, grad, drift, scale, stream.to(param.device), step_i, key_d, _counter(param.numel(), param.device))
-        if torch.compiler.is_compiling():  # inside the caller's compiled step: trace it there
-            _philox.langevin_update_(*args)
-            continue
-        try:
-            _langevin_update()(*args)
-        except Exception as error:  # no working compiler: same numbers, eagerly
-            warnings.warn(f"SGLD(noise='philox') could not compile its update ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0][:200]}); running it eagerly, which is slow", RuntimeWarning)
-            _compiled_langevin = _philox.langevin_update_
+        if not _fused_langevin_(*args):  # compiling failed, or inside the caller's compiled step
             _philox.langevin_update_(*args)
 
 
