@@ -19,7 +19,8 @@
    batched meta-training (batch 8, unroll 20), next to the same process's RSS just before
    training starts.
 
-Everything runs single-threaded. Usage::
+Everything runs single-threaded unless ``--threads`` says otherwise (the memory probe always
+does). Usage::
 
     python benchmarks/mlp_lopt.py                  # writes benchmarks/results/mlp_lopt.json
     python benchmarks/mlp_lopt.py --rounds 3 --out /tmp/quick.json
@@ -212,12 +213,16 @@ def main(argv=None) -> int:
     parser.add_argument("--truncations", type=int, default=3, help="truncations per throughput measurement")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per step-time measurement")
     parser.add_argument("--memory-steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for the throughput and step-time parts (default 1)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mlp_lopt.json"))
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
     result = {"command": "python benchmarks/mlp_lopt.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-              "threads": 1}
+              "threads": args.threads}
     print("peak memory ...", file=sys.stderr)
     result["meta_training_memory"] = peak_memory(args.memory_steps)
     print("meta-training throughput ...", file=sys.stderr)

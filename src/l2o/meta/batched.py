@@ -84,7 +84,9 @@ class BatchedEpisode:
             # Same draws as SupervisedTask.batches, but one gather for the whole batch of tasks.
             x, y, n, size = shared
             idx = torch.stack([torch.randint(0, n, (size,), generator=g) for g in self.generators])
-            return x[idx], y[idx]
+            # index_select on the flat indices: the same rows as x[idx], several times faster on the CPU
+            flat = idx.view(-1)
+            return x.index_select(0, flat).view(*idx.shape, *x.shape[1:]), y.index_select(0, flat).view(idx.shape)
         return stack_batches([next(s) for s in self.streams])
 
     def clone(self) -> BatchedEpisode:
