@@ -17,6 +17,7 @@ they are fixed (shipped or loaded from a file).
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Callable, Iterable
 
@@ -41,14 +42,28 @@ class LearnedOptimizer(torch.optim.Optimizer):
             the first step compiles it with ``torch.compile`` (about 10-30 s on a CPU, cached on
             disk for later processes), and without a working compiler it warns once and runs
             the unfused step. Same numbers up to float rounding.
+        adapt: rate ``kappa`` of a per-tensor step-size adaptation on top of the rule (0: off, the
+            rule exactly as meta-trained). Each tensor keeps a log step multiplier ``l`` and its
+            previous step ``u``; before each step, ``l += kappa * cos(g, u)`` (clipped to
+            ``+-log(1e4)``) and the rule's step is multiplied by ``lr * exp(l)``. ``-g . u`` is the
+            derivative of the loss with respect to the previous step's size (the hypergradient of
+            Baydin et al. 2018), so the multiplier grows while successive steps keep pointing
+            downhill and shrinks when they overshoot. Costs one more number per parameter
+            (``u``) and a dot product and two norms per tensor. See docs/methods/mlp_lopt.md.
 
     The parameters must all be on one device; the rule runs there (a copy of it is moved there
     when its weights are elsewhere, e.g. shipped weights, which load on the CPU).
     """
 
-    def __init__(self, params: Iterable, rule: LearnedRule | None = None, lr: float = 1.0, fused: bool = False):
+    #: bound on the adapted log step multiplier (a factor of 1e4 either way)
+    max_log_scale = math.log(1e4)
+
+    def __init__(self, params: Iterable, rule: LearnedRule | None = None, lr: float = 1.0, fused: bool = False,
+                 adapt: float = 0.0):
         if not (lr >= 0.0):
             raise ValueError(f"lr must be >= 0, got {lr}")
+        if not (0.0 <= adapt < math.inf):
+            raise ValueError(f"adapt must be a finite number >= 0, got {adapt}")
         if rule is None:
             from l2o.learned.weights import PRETRAINED
 
@@ -57,7 +72,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"rule must be a LearnedRule, got {type(rule).__name__}")
         if fused and not getattr(rule, "supports_fused", False):
             raise ValueError(f"fused=True needs a rule with a fused step (the MLP rule); {type(rule).__name__} has none")
-        self.fused = bool(fused)
+        self.fused, self.adapt = bool(fused), float(adapt)
         super().__init__(params, {"lr": lr})
         devices = {p.device for group in self.param_groups for p in group["params"]}
         if len(devices) > 1:
@@ -102,12 +117,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError("LearnedOptimizer does not support sparse gradients")
                 key = str(len(entries))
-                entries.append((key, p, group["lr"]))
-                params[key], grads[key] = p.detach(), p.grad
                 state = self.state[p]
                 if not state:
                     state.update(self.rule.init_state({key: p.detach()})[key])
-                states[key] = dict(state)
+                lr = group["lr"]
+                if self.adapt:
+                    lr *= self._adapted_multiplier(p, state)
+                entries.append((key, p, lr))
+                params[key], grads[key] = p.detach(), p.grad
+                states[key] = {k: v for k, v in state.items() if k not in _ADAPT_KEYS}
         if not entries:
             return loss
         in_place = getattr(self.rule, "update_", None)
@@ -115,16 +133,34 @@ class LearnedOptimizer(torch.optim.Optimizer):
             options = {"fused": True} if self.fused else {}
             in_place(grads, {key: self.state[p] for key, p, _ in entries}, params,
                      {key: lr for key, _, lr in entries}, **options)
-            return loss
-        new_params, new_states = self.rule.update(grads, states, params)
-        for key, p, lr in entries:
-            if lr == 1.0:
-                p.copy_(new_params[key])
-            else:
-                p.add_(new_params[key] - p, alpha=lr)
-            # A new dict (not update in place): a state_dict() taken earlier stays a snapshot.
-            self.state[p] = dict(new_states[key])
+        else:
+            new_params, new_states = self.rule.update(grads, states, params)
+            for key, p, lr in entries:
+                if lr == 1.0:
+                    p.copy_(new_params[key])
+                else:
+                    p.add_(new_params[key] - p, alpha=lr)
+                # A new dict (not update in place): a state_dict() taken earlier stays a snapshot.
+                kept = {k: v for k, v in self.state[p].items() if k in _ADAPT_KEYS}
+                self.state[p] = {**new_states[key], **kept}
+        if self.adapt:
+            for _, p, _ in entries:
+                self.state[p]["prev_step"].sub_(p)  # held p before the step: now the step taken
         return loss
+
+    def _adapted_multiplier(self, p: torch.Tensor, state: dict) -> float:
+        """Update the tensor's log step multiplier from cos(g, previous step); exp of it. Leaves a
+        copy of ``p`` in ``state["prev_step"]``, from which ``step`` subtracts the new ``p``."""
+        if "log_scale" not in state:
+            state["log_scale"] = torch.zeros((), dtype=torch.float64, device=p.device)
+            state["prev_step"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        u, g, log_scale = state["prev_step"], p.grad, state["log_scale"]
+        norms = torch.linalg.vector_norm(g).double() * torch.linalg.vector_norm(u).double()
+        if float(norms) > 0:  # no previous step yet (or a zero one): nothing to learn from
+            cos = torch.dot(g.reshape(-1), u.reshape(-1)).double() / norms
+            log_scale.add_(cos, alpha=self.adapt).clamp_(-self.max_log_scale, self.max_log_scale)
+        u.copy_(p)
+        return math.exp(float(log_scale))
 
     def state_dict(self) -> dict:
         """As ``torch.optim.Optimizer.state_dict``, with the state tensors copied: the result is a
@@ -139,6 +175,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for p in list(self.state):
             self.state[p] = _copy_tensors(self.state[p])
+
+
+#: per-parameter state of ``adapt`` (not the rule's): the log step multiplier and the last step
+_ADAPT_KEYS = ("log_scale", "prev_step")
 
 
 def _copy_tensors(state: dict) -> dict:

@@ -1,0 +1,109 @@
+"""LearnedOptimizer(adapt=kappa): per-tensor step-size adaptation on top of a learned rule."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from l2o.learned import LearnedOptimizer, LSTMRule
+from l2o.learned.mlp import MLPRule
+
+
+def _quadratic_run(adapt: float, steps: int, lr: float = 1.0, target: float = 10.0):
+    """The shipped MLP rule on f(x) = 0.5 (x - target)^2 from x = 0 (a deterministic problem)."""
+    x = torch.zeros(3, requires_grad=True)
+    opt = LearnedOptimizer.pretrained("mlp-general", [x], lr=lr, adapt=adapt)
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * (x - target).square().sum()).backward()
+        opt.step()
+    return x.detach(), opt
+
+
+def test_bad_adapt_is_refused():
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="adapt must be a finite number >= 0"):
+            LearnedOptimizer([torch.zeros(2, requires_grad=True)], rule=MLPRule(), adapt=bad)
+
+
+def test_adapt_zero_is_the_rule_exactly():
+    plain, _ = _quadratic_run(0.0, 20)
+    x = torch.zeros(3, requires_grad=True)
+    opt = LearnedOptimizer.pretrained("mlp-general", [x])
+    for _ in range(20):
+        opt.zero_grad()
+        (0.5 * (x - 10.0).square().sum()).backward()
+        opt.step()
+    assert torch.equal(plain, x.detach())
+    assert "log_scale" not in opt.state[x]
+
+
+def test_log_scale_moves_by_kappa_times_the_cosine_of_gradient_and_last_step():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 4, generator=gen, requires_grad=True)
+    opt = LearnedOptimizer([x], rule=MLPRule(), adapt=0.2)
+    x.grad = torch.randn(5, 4, generator=gen)
+    opt.step()
+    state = opt.state[x]
+    assert float(state["log_scale"]) == 0.0  # no previous step to compare with
+    u = state["prev_step"].clone()
+    assert float(u.abs().max()) > 0
+    x.grad = torch.randn(5, 4, generator=gen)
+    expected = 0.2 * float(torch.nn.functional.cosine_similarity(x.grad.flatten(), u.flatten(), dim=0))
+    before = x.detach().clone()
+    opt.step()
+    assert float(state["log_scale"]) == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(state["prev_step"], before - x.detach())  # the step just taken
+
+
+def test_steps_that_keep_going_downhill_grow_and_overshooting_steps_shrink():
+    x0, _ = _quadratic_run(0.0, 30)
+    x1, opt = _quadratic_run(0.1, 30)
+    grown = float(opt.state[opt.param_groups[0]["params"][0]]["log_scale"])
+    assert grown > 0.5  # every step pointed at the minimum: the multiplier grew
+    assert float((x1 - 10).abs().max()) < float((x0 - 10).abs().max())  # and got closer to it
+    # A multiplier far too large makes the steps overshoot: the adaptation shrinks it.
+    _, opt = _quadratic_run(0.1, 30, lr=3000.0, target=0.01)
+    assert float(opt.state[opt.param_groups[0]["params"][0]]["log_scale"]) < -0.5
+
+
+def test_log_scale_is_bounded():
+    _, opt = _quadratic_run(50.0, 10, target=1e6)
+    value = float(opt.state[opt.param_groups[0]["params"][0]]["log_scale"])
+    assert value == pytest.approx(math.log(1e4))
+
+
+@pytest.mark.parametrize("rule", ["mlp", "lstm"])
+def test_state_dict_round_trip_with_adapt_continues_identically(rule):
+    def make(ps):
+        r = MLPRule(hidden=8) if rule == "mlp" else LSTMRule(hidden_size=4)
+        torch.manual_seed(3)
+        with torch.no_grad():
+            for w in r.parameters():
+                w.copy_(torch.randn_like(w) * 0.3)
+        return LearnedOptimizer(ps, rule=r, adapt=0.1)
+
+    torch.manual_seed(0)
+    data = torch.randn(32, 4), torch.randn(32, 1)
+    torch.manual_seed(1)
+    model = torch.nn.Linear(4, 1)
+    opt = make(model.parameters())
+
+    def steps(m, o, n):
+        for _ in range(n):
+            o.zero_grad()
+            torch.nn.functional.mse_loss(m(data[0]), data[1]).backward()
+            o.step()
+
+    steps(model, opt, 3)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    steps(model, opt, 3)
+    model2 = torch.nn.Linear(4, 1)
+    model2.load_state_dict(saved_model)
+    opt2 = make(model2.parameters())
+    opt2.load_state_dict(saved_opt)
+    steps(model2, opt2, 3)
+    for a, b in zip(model.parameters(), model2.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert all(float(opt.state[p]["log_scale"]) != 0.0 for p in model.parameters())
