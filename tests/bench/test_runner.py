@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from l2o.bench import optimizers
 from l2o.bench.runner import Plan, RunSpec, _freeze, run_benchmark, select
@@ -102,6 +103,28 @@ def test_tuned_prefix_tunes_the_step_multiplier_of_untuned_optimizers(tmp_path):
         optimizers.resolve("tuned:adam")
     with pytest.raises(ValueError, match="unknown optimizer 'nope'"):
         optimizers.resolve("tuned:nope")
+
+
+def test_adapt_suffix_runs_a_learned_optimizer_with_step_adaptation(tmp_path):
+    spec = optimizers.resolve("mlp-general@adapt=0.1")
+    assert spec.kind == "learned" and not spec.tunable and spec.adapt == 0.1
+    opt = spec.factory({})([torch.zeros(3, requires_grad=True)])
+    assert opt.adapt == 0.1 and type(opt.rule).__name__ == "MLPRule"
+    tuned = optimizers.resolve("tuned:mlp-general@adapt=0.1")
+    assert tuned.multiplier_tuned and tuned.factory({"lr": 2.0})([torch.zeros(3, requires_grad=True)]).adapt == 0.1
+    for bad, message in (("adam@adapt=0.1", "applies to learned optimizers"),
+                         ("mlp-general@adapt=-1", "finite number >= 0"),
+                         ("mlp-general@adapt=fast", "finite number >= 0")):
+        with pytest.raises(ValueError, match=message):
+            optimizers.resolve(bad)
+    plan = Plan(tasks=["quadratic_10d_tiny"], optimizers=["mlp-general", "mlp-general@adapt=0.3"], protocol="smoke",
+                tune_seeds=1, seeds=1)
+    db = str(tmp_path / "a.sqlite")
+    run_benchmark(plan, db, workers=1, progress=False)
+    with ResultsStore(db) as store:
+        finals = {r["optimizer"]: r["final_train_loss"] for r in store.runs(task="quadratic_10d_tiny")}
+    assert set(finals) == {"mlp-general", "mlp-general@adapt=0.3"}
+    assert finals["mlp-general"] != finals["mlp-general@adapt=0.3"]  # the adaptation is applied
 
 
 def test_plan_errors(tmp_path):

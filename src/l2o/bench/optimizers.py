@@ -13,7 +13,10 @@ A name is one of
 - ``tuned:NAME`` for a learned or self-tuning optimizer NAME (reported untuned under its own
   name): the same optimizer with its one hyperparameter, ``lr``, a multiplier of its step
   (default 1), tuned by the protocol like the baselines' learning rates, so that both a
-  tuned and an untuned row can stand in one report.
+  tuned and an untuned row can stand in one report;
+- ``NAME@adapt=KAPPA`` for a learned optimizer NAME (any of the forms above, and
+  ``tuned:NAME@adapt=KAPPA``): run with ``LearnedOptimizer(..., adapt=KAPPA)``, the per-tensor
+  step-size adaptation (docs/methods/mlp_lopt.md).
 
 Resolution is lazy: nothing is imported until a name is used, and an optimizer whose module
 fails to import is reported as unavailable only when it is asked for.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -42,6 +46,8 @@ BUILTINS: dict[str, tuple[str, dict[str, Any]]] = {
 SELF_TUNING = {"yellowfin"}
 #: ``tuned:NAME`` tunes the step multiplier of a learned or self-tuning optimizer.
 TUNED_PREFIX = "tuned:"
+#: ``NAME@adapt=KAPPA``: a learned optimizer with ``LearnedOptimizer(adapt=KAPPA)``.
+ADAPT_SUFFIX = "@adapt="
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class OptimizerSpec:
     tunable: bool
     #: for ``tuned:NAME``, the name the optimizer is built from (NAME); else empty.
     base: str = ""
+    #: for ``NAME@adapt=KAPPA`` (learned optimizers): KAPPA.
+    adapt: float = 0.0
 
     @property
     def multiplier_tuned(self) -> bool:
@@ -85,7 +93,10 @@ class OptimizerSpec:
         if self.kind == "learned":
             from l2o.learned.optimizer import LearnedOptimizer
 
-            weights = self.name.split(":", 1)[1] if self.name.startswith("learned:") else self.name
+            weights = self.name.split(ADAPT_SUFFIX, 1)[0]
+            weights = weights.split(":", 1)[1] if weights.startswith("learned:") else weights
+            if self.adapt:
+                hp["adapt"] = self.adapt
             if _is_weights_file(weights):
                 return lambda params: LearnedOptimizer.from_file(weights, params, **hp)
             return lambda params: LearnedOptimizer.pretrained(weights, params, **hp)
@@ -158,6 +169,19 @@ def resolve(name: str) -> OptimizerSpec:
             raise ValueError(f"{key!r}: {base.name!r} has its learning rate tuned already; the prefix "
                              f"{TUNED_PREFIX!r} is for learned and self-tuning optimizers")
         return OptimizerSpec(key, base.kind, tunable=True, base=base.name)
+    if ADAPT_SUFFIX in key:
+        base_key, _, value = key.rpartition(ADAPT_SUFFIX)
+        base = resolve(base_key)
+        if base.kind != "learned" or base.base:
+            raise ValueError(f"{key!r}: {ADAPT_SUFFIX!r} applies to learned optimizers (e.g. "
+                             f"'mlp-general{ADAPT_SUFFIX}0.1'), not to {base.name!r}")
+        try:
+            kappa = float(value)
+        except ValueError:
+            kappa = math.nan
+        if not 0.0 <= kappa < math.inf:
+            raise ValueError(f"{key!r}: the adaptation rate after {ADAPT_SUFFIX!r} must be a finite number >= 0")
+        return OptimizerSpec(key, "learned", tunable=False, adapt=kappa)
     low = key.lower()
     if low in BUILTINS:
         return OptimizerSpec(low, "builtin", tunable=True)
