@@ -22,8 +22,9 @@ def register(subparsers) -> None:
     run.add_argument("--optimizers", default=None,
                      help="comma-separated names: sgd, momentum, nag, rmsprop, adam, l2o.optim names, shipped "
                           "learned optimizers, learned:PATH for weights from 'l2o meta train', package.module:Class, "
-                          "or tuned:NAME for a learned or self-tuning optimizer "
-                          "with its step multiplier tuned (default: the suite's)")
+                          "tuned:NAME for a learned or self-tuning optimizer "
+                          "with its step multiplier tuned, or NAME@adapt=KAPPA for a learned optimizer with its "
+                          "per-tensor step-size adaptation on (default: the suite's)")
     run.add_argument("--grid", action="append", default=[], metavar="SPEC",
                      help="a hyperparameter grid, e.g. 'adam:lr=logspace(1e-5,1e2,36);betas=[(0.9,0.999)]' "
                           "(repeatable; replaces the default learning-rate grid of that optimizer)")
@@ -146,4 +147,5 @@ def _list(args) -> int:
     print("optimizers (your own learned weights): learned:PATH, e.g. learned:run/weights.safetensors from 'l2o meta train'")
     print("tuned:NAME  a learned or self-tuning optimizer with its step multiplier (lr) tuned, "
           "beside its untuned row")
+    print("NAME@adapt=KAPPA  a learned optimizer with LearnedOptimizer(adapt=KAPPA), e.g. mlp-general@adapt=0.1")
     return 0
