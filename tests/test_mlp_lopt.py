@@ -132,16 +132,10 @@ def test_fused_deployment_step_matches_a_plain_reference(hidden_layers, tensor_f
     assert not fused_mlp_step_.failed  # the compiled pass ran, not the fallback
 
 
-def test_fused_step_falls_back_to_the_unfused_step_with_a_warning(monkeypatch):
+def test_fused_step_falls_back_to_the_unfused_step_with_a_warning(uncompilable):
     import l2o.learned.mlp as mlp_module
-    from l2o._compile import CompiledOnce
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler here")
-
-    kernel = CompiledOnce(mlp_module.fused_mlp_step_.fn, "LearnedOptimizer(fused=True)")
-    kernel._compiled = broken  # as if torch.compile had failed
-    monkeypatch.setattr(mlp_module, "fused_mlp_step_", kernel)
+    kernel = uncompilable(mlp_module, "fused_mlp_step_")
     rule = _trained_like(MLPRule(hidden=8))
     rule.fast_threshold, rule.fast_chunk = 8, 16  # the first layer (32 weights) takes 2 chunks
     data = (torch.randn(32, 4), torch.randn(32, 1))

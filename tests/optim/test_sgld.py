@@ -243,16 +243,10 @@ def test_philox_noise_for_bfloat16_parameters_is_made_in_float32():
 
 
 
-def test_philox_falls_back_to_the_eager_update_with_a_warning_when_compiling_fails(monkeypatch):
+def test_philox_falls_back_to_the_eager_update_with_a_warning_when_compiling_fails(uncompilable):
     import l2o.optim.sgld as sgld_module
-    from l2o._compile import CompiledOnce
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("no C++ compiler here")
-
-    fused = CompiledOnce(sgld_module._philox.langevin_update_, "SGLD(noise='philox')")
-    fused._compiled = broken  # as if torch.compile had failed
-    monkeypatch.setattr(sgld_module, "_fused_langevin_", fused)
+    fused = uncompilable(sgld_module, "_fused_langevin_")
     x = torch.zeros(50, requires_grad=True)
     optimizer = SGLD([x], lr=0.1, noise="philox", generator=torch.Generator().manual_seed(0))
     x.grad = torch.zeros_like(x)

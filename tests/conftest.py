@@ -1,0 +1,22 @@
+"""Shared test helpers."""
+
+import pytest
+
+
+@pytest.fixture
+def uncompilable(monkeypatch):
+    """``uncompilable(module, attribute)``: replace the module's :class:`l2o._compile.CompiledOnce`
+    with a fresh one whose compilation fails, as on a machine without a C++ compiler; returns it."""
+    from l2o._compile import CompiledOnce
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    def install(module, attribute: str) -> CompiledOnce:
+        original = getattr(module, attribute)
+        replacement = CompiledOnce(original.fn, original.what)
+        replacement._compiled = broken
+        monkeypatch.setattr(module, attribute, replacement)
+        return replacement
+
+    return install
