@@ -106,6 +106,25 @@ def test_lowdim_problems_are_a_few_numbers_at_varied_scales():
     assert "lowdim" not in DATASETS  # opt-in: the default family (and the shipped recipe) is unchanged
 
 
+def test_illcond_problems_have_the_condition_numbers_they_are_drawn_with():
+    family = GeneralFamily(datasets=("illcond",), horizon=(5, 10))
+    gen = torch.Generator().manual_seed(0)
+    conditions, dims = [], set()
+    rule = MLPRule(hidden=4)
+    for _ in range(20):
+        tasks = family.sample_batch(gen, 2)
+        for t in tasks:
+            eig = torch.linalg.eigvalsh(t.x_train.T.double() @ t.x_train.double())
+            conditions.append(float(eig.max() / eig.min()))
+            dims.add(t.x_train.shape[1])
+        with torch.no_grad():
+            assert batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3).finite
+    assert dims <= {10, 20, 50} and len(dims) > 1
+    assert 10 * 0.99 <= min(conditions) and max(conditions) <= 1e4 * 1.01  # kappa drawn in [10, 1e4]
+    assert max(conditions) / min(conditions) > 30  # and spread over decades
+    assert "illcond" not in DATASETS  # opt-in
+
+
 def test_family_rejects_bad_arguments():
     with pytest.raises(ValueError, match="datasets"):
         GeneralFamily(datasets=("imagenet",))

@@ -30,7 +30,9 @@ DATASETS = ("digits", "classification", "regression", "quadratic")
 #: Problem types that exist but are not in the default family (``GeneralFamily(datasets=...)``):
 #: ``lowdim``, least squares in 1-3 parameters with the data and targets rescaled by random
 #: factors over two decades each, i.e. problems whose tensors are a few numbers at any scale.
-EXTRA_DATASETS = ("lowdim",)
+#: ``illcond``, least squares whose curvature spectrum spans a random condition number of 10 to 10^4
+#: (the default ``quadratic`` problems, with twice as many rows as unknowns, are well conditioned).
+EXTRA_DATASETS = ("lowdim", "illcond")
 
 
 class MLPTask(SupervisedTask):
@@ -138,6 +140,21 @@ def _quadratic_data(seed: int, dim: int):
     return a, y, a, y
 
 
+def _illcond_data(seed: int, dim: int):
+    # f(theta) = mean((A theta + b - y)^2) with A = U diag(s) V^T: singular values log-spaced so that
+    # the curvature A^T A has a condition number kappa, log-uniform in [10, 1e4], and an overall
+    # scale log-uniform in [0.3, 3].
+    g = torch.Generator().manual_seed(seed)
+    kappa = 10.0 ** (1 + 3 * float(torch.rand((), generator=g)))
+    scale = 10.0 ** (float(torch.rand((), generator=g)) - 0.5)
+    u, _ = torch.linalg.qr(torch.randn(2 * dim, dim, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
+    s = scale * kappa ** (-0.5 * torch.linspace(0, 1, dim))
+    a = (u * s) @ v.T * math.sqrt(2 * dim)  # rows of unit scale on average, as in ``quadratic``
+    y = torch.randn(2 * dim, generator=g)
+    return a, y, a, y
+
+
 @lru_cache(maxsize=1)
 def _digits_arrays():
     # One copy shared by every digits instance (batched unrolls then gather minibatches at once).
@@ -158,6 +175,8 @@ def build_task(config: TaskConfig, data_seed: int) -> MLPTask:
         arrays = _quadratic_data(data_seed, config.in_dim)
     elif config.dataset == "lowdim":
         arrays = _lowdim_data(data_seed, config.in_dim)
+    elif config.dataset == "illcond":
+        arrays = _illcond_data(data_seed, config.in_dim)
     else:
         raise ValueError(f"dataset must be one of {DATASETS + EXTRA_DATASETS}, got {config.dataset!r}")
     return MLPTask(*arrays, hidden=config.hidden, layers=config.layers, activation=config.activation,
@@ -201,8 +220,8 @@ class GeneralFamily(TaskFamily):
         lo, hi = math.log(self.horizon[0]), math.log(self.horizon[1])
         horizon = int(round(math.exp(lo + (hi - lo) * float(torch.rand((), generator=generator)))))
         hidden, layers, activation, batch = pick(self.widths), pick(self.depths), pick(self.activations), pick(self.batch_sizes)
-        if dataset == "quadratic":
-            return TaskConfig("quadratic", 1, 0, "relu", None, horizon, in_dim=pick((10, 20, 50)))
+        if dataset in ("quadratic", "illcond"):
+            return TaskConfig(dataset, 1, 0, "relu", None, horizon, in_dim=pick((10, 20, 50)))
         if dataset == "lowdim":
             return TaskConfig("lowdim", 1, 0, "relu", None, horizon, in_dim=pick((1, 2, 3)))
         if dataset == "classification":
