@@ -115,6 +115,20 @@ def test_eval_prints_a_table_against_tuned_adam(tmp_path, capsys):
     assert results["budgets"]["5"]["adam_lr"] in (0.01, 0.1)
 
 
+def test_eval_with_step_adaptation(tmp_path, capsys):
+    out = {}
+    for adapt in ("0", "0.3"):
+        out[adapt] = tmp_path / f"eval{adapt}.json"
+        assert main(["meta", "eval", "--weights", "mlp-general", "--task", "quadratic", "--steps", "30", "--seeds", "1",
+                     "--tune-seeds", "1", "--adam-grid", "0.1", "--adapt", adapt, "--json", str(out[adapt])]) == 0
+    assert "mlp-learned adapt=0.3" in capsys.readouterr().out
+    plain, adapted = (json.loads(out[a].read_text()) for a in ("0", "0.3"))
+    assert adapted["adapt"] == 0.3 and plain["adapt"] == 0.0
+    assert adapted["budgets"]["30"]["learned"]["train"]["mean"] != plain["budgets"]["30"]["learned"]["train"]["mean"]
+    assert main(["meta", "eval", "--weights", "mlp-general", "--adapt", "-1"]) == 2
+    assert "--adapt must be a finite number >= 0" in capsys.readouterr().err
+
+
 def test_bad_cli_arguments_give_clear_errors(tmp_path, capsys):
     assert main(["meta", "eval", "--weights", "no-such-weights", "--task", "quadratic"]) == 2
     assert "no-such-weights" in capsys.readouterr().err

@@ -86,6 +86,8 @@ def register(subparsers) -> None:
     ev.add_argument("--adam-grid", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1",
                     help="Adam learning rates; one chosen per budget on training loss over tuning seeds")
     ev.add_argument("--tune-seeds", type=int, default=3, help="tuning seeds (1000.., disjoint from evaluation seeds)")
+    ev.add_argument("--adapt", type=float, default=0.0,
+                    help="the learned optimizer's step-size adaptation rate, LearnedOptimizer(adapt=...) (default 0: off)")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
     ev.set_defaults(func=_eval)
 
@@ -182,8 +184,10 @@ def _eval(args) -> int:
     grid = [float(x) for x in args.adam_grid.split(",") if x]
     if not grid:
         raise ValueError(f"--adam-grid must list at least one learning rate, got {args.adam_grid!r}")
+    if not 0.0 <= args.adapt < float("inf"):
+        raise ValueError(f"--adapt must be a finite number >= 0, got {args.adapt}")
     results = compare_with_adam(rule, args.task, kwargs, budgets=list(args.steps), seeds=args.seeds, adam_grid=grid,
-                                tune_seeds=args.tune_seeds)
+                                tune_seeds=args.tune_seeds, adapt=args.adapt)
     print(format_table(results))
     if args.json:
         from l2o.io import atomic_write_text

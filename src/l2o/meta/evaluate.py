@@ -68,8 +68,10 @@ def tune_adam(task, steps: int, grid: list[float], tune_seeds: int, on_run=None)
 
 
 def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, Any], budgets: list[int], seeds: int = 10,
-                      adam_grid: list[float] | None = None, tune_seeds: int = 3, progress: bool = True) -> dict[str, Any]:
-    """Final losses of ``rule`` (as a LearnedOptimizer) and tuned Adam on ``task`` per budget.
+                      adam_grid: list[float] | None = None, tune_seeds: int = 3, progress: bool = True,
+                      adapt: float = 0.0) -> dict[str, Any]:
+    """Final losses of ``rule`` (as a LearnedOptimizer, with ``adapt`` its step-size adaptation
+    rate) and tuned Adam on ``task`` per budget.
 
     Returns a JSON-friendly dict: per budget, the chosen Adam learning rate, the grid scores,
     and mean/sem of final train and test loss for both optimizers.
@@ -87,13 +89,13 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
     grid = adam_grid or [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
     task = l2o.tasks.get(task_name, **task_kwargs)
     out: dict[str, Any] = {"task": task_name, "task_args": task_kwargs, "seeds": seeds, "tune_seeds": tune_seeds,
-                           "adam_grid": grid, "rule": rule.kind, "budgets": {}}
+                           "adam_grid": grid, "rule": rule.kind, "adapt": adapt, "budgets": {}}
     bar = tqdm(total=len(budgets) * (len(grid) * tune_seeds + 2 * seeds), desc="eval", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     for steps in budgets:
         lr, scores = tune_adam(task, steps, grid, tune_seeds, on_run=lambda: bar.update(1))
         rows = {}
-        for label, factory in (("learned", lambda ps: LearnedOptimizer(ps, rule=rule)),
+        for label, factory in (("learned", lambda ps: LearnedOptimizer(ps, rule=rule, adapt=adapt)),
                                ("adam", lambda ps: torch.optim.Adam(ps, lr=lr))):
             runs = []
             for s in range(seeds):
@@ -114,6 +116,8 @@ def format_table(results: dict[str, Any]) -> str:
     for steps, row in results["budgets"].items():
         for label in ("learned", "adam"):
             name = results["rule"] + "-learned" if label == "learned" else f"adam lr={row['adam_lr']:g}"
+            if label == "learned" and results.get("adapt"):
+                name += f" adapt={results['adapt']:g}"
             cells = []
             for split in ("train", "test"):
                 st = row[label][split]
