@@ -8,8 +8,9 @@ Correctness (on ``--device``, float32 unless said):
   device against the CPU's (the same integers: chains do not depend on the device), and the
   mean and variance of a million normals;
 - ``torch.compile(HAdam.step)`` against the eager step;
-- the learned optimizers (``mlp-general`` on the 1M-parameter model of ``mlp_lopt.py``,
-  ``l2l-digits`` on a small one): three steps on the device against the same steps on the CPU.
+- the learned optimizers (``mlp-general`` on the 1M-parameter model of ``mlp_lopt.py``, unfused
+  and with ``fused=True``, ``l2l-digits`` on a small one): three steps on the device against the
+  same (unfused) steps on the CPU.
 
 Speed: each optimizer's ``step()`` on the 50 tensors of ``step_time.py`` (2.7M parameters), as
 ratios to ``torch.optim.Adam()`` (default settings: foreach on CUDA) and ``Adam(fused=True)``,
@@ -123,12 +124,16 @@ def learned_vs_cpu(device) -> dict:
         torch.manual_seed(0)
         return torch.nn.Linear(64, 10).to(dev)
 
-    for name, make in (("mlp-general", one_million_model), ("l2l-digits", small_model)):
+    cases = (("mlp-general", one_million_model, {}), ("mlp-general fused=True", one_million_model, {"fused": True}),
+             ("l2l-digits", small_model, {}))
+    for label, make, options in cases:
+        name = label.split()[0]
         finals = []
-        for dev in ("cpu", device):
+        for i, dev in enumerate(("cpu", device)):
             model = make(dev)
             params = list(model.parameters())
-            optimizer = LearnedOptimizer.pretrained(name, params)
+            # the CPU reference is the unfused step: the fused pass on the device is checked against it
+            optimizer = LearnedOptimizer.pretrained(name, params, **(options if i == 1 else {}))
             for step in range(3):
                 for p, g in zip(params, grads_for([q.detach().cpu() for q in params], step)):
                     p.grad = (g * 0.01).to(dev)
@@ -136,7 +141,7 @@ def learned_vs_cpu(device) -> dict:
             finals.append(torch.cat([p.detach().cpu().flatten() for p in params]))
         start = torch.cat([p.detach().flatten() for p in make("cpu").parameters()])
         moved = float((finals[0] - start).abs().max())
-        out[name] = {"max_abs_diff_vs_cpu": float((finals[0] - finals[1]).abs().max()), "max_step_cpu": moved}
+        out[label] = {"max_abs_diff_vs_cpu": float((finals[0] - finals[1]).abs().max()), "max_step_cpu": moved}
     return out
 
 
@@ -197,6 +202,7 @@ def learned_speed(device, rounds: int, steps: int) -> dict:
 
     setups = {"adam (default)": setup(lambda ps: torch.optim.Adam(ps)),
               "mlp-general": setup(lambda ps: LearnedOptimizer.pretrained("mlp-general", ps)),
+              "mlp-general fused=True": setup(lambda ps: LearnedOptimizer.pretrained("mlp-general", ps, fused=True)),
               "l2l-digits (LSTM)": setup(lambda ps: LearnedOptimizer.pretrained("l2l-digits", ps))}
     seconds = time_steps(setups, device, rounds, steps)
     adam = seconds["adam (default)"]
