@@ -50,7 +50,7 @@ def test_selection_never_reads_test_numbers(tmp_path):
     assert best == {"lr": 0.1} and loss == 1.0
 
 
-def test_optimizer_names_and_errors(monkeypatch):
+def test_optimizer_names_and_errors(monkeypatch, tmp_path):
     assert optimizers.resolve("momentum").kind == "builtin"
     assert optimizers.resolve("ADAM").name == "adam"
     import torch
@@ -65,6 +65,11 @@ def test_optimizer_names_and_errors(monkeypatch):
         optimizers.resolve("torch.optim:Nope")
     with pytest.raises(ValueError, match="cannot import module"):
         optimizers.resolve("no_such_module_xyz:Opt")
+    (tmp_path / "half_written_opt.py").write_text("class Opt(:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="'half_written_opt' of optimizer 'half_written_opt:Opt' fails to import: "
+                                         "SyntaxError"):
+        optimizers.resolve("half_written_opt:Opt")
     with pytest.raises(ValueError, match="unknown learned optimizer"):
         optimizers.resolve("learned:no-such-weights")
     from l2o import optim

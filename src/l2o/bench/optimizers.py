@@ -145,6 +145,9 @@ def import_class(path: str) -> type:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import module {module_name!r} for optimizer {path!r}: {exc}") from exc
+    except Exception as exc:  # the module exists but fails while importing (a syntax error, a raise)
+        raise ValueError(f"module {module_name!r} of optimizer {path!r} fails to import: "
+                         f"{type(exc).__name__}: {exc}") from exc
     try:
         cls = getattr(module, attr)
     except AttributeError:
