@@ -88,8 +88,8 @@ def _reference_step(rule: MLPRule, p, g, m, v, t):
     return p - step.view(p.shape), m, v
 
 
-def _check_in_place_steps_against_the_reference(rule: MLPRule, dtype, fused: bool = False):
-    rule.fast_threshold, rule.fast_chunk = 100, 96  # several chunks, the last one partial
+def _check_in_place_steps_against_the_reference(rule: MLPRule, dtype, fused: bool = False, chunk: int = 96):
+    rule.fast_threshold, rule.fast_chunk = 100, chunk  # default: several chunks, the last one partial
     gen = torch.Generator().manual_seed(3)
     shapes = {"w": (30, 25), "big_one_chunk": (90,), "small": (7,)}
     params = {k: torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for k, s in shapes.items()}
@@ -136,6 +136,7 @@ def test_fused_step_falls_back_to_the_unfused_step_with_a_warning(uncompilable):
     import l2o.learned.mlp as mlp_module
 
     kernel = uncompilable(mlp_module, "fused_mlp_step_")
+    first_pass = uncompilable(mlp_module, "fused_accumulate_")
     rule = _trained_like(MLPRule(hidden=8))
     rule.fast_threshold, rule.fast_chunk = 8, 16  # the first layer (32 weights) takes 2 chunks
     data = (torch.randn(32, 4), torch.randn(32, 1))
@@ -145,9 +146,20 @@ def test_fused_step_falls_back_to_the_unfused_step_with_a_warning(uncompilable):
     _train_steps(models[0], plain, 3, data)
     with pytest.warns(RuntimeWarning, match="fused=True.*could not compile its fused step.*no C\\+\\+ compiler"):
         _train_steps(models[1], fused, 3, data)
-    assert kernel.failed
+    assert kernel.failed and first_pass.failed
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         assert torch.equal(a, b)  # the same eager arithmetic
+
+
+@pytest.mark.parametrize("chunk", [16, 4096])  # two chunks, and one
+def test_fused_first_pass_with_the_unfused_second_pass_matches_the_reference(uncompilable, chunk):
+    import l2o.learned.mlp as mlp_module
+
+    uncompilable(mlp_module, "fused_mlp_step_")  # only pass 2 falls back: its features are rebuilt
+    rule = _trained_like(MLPRule(hidden=4))
+    with pytest.warns(RuntimeWarning, match="could not compile"):
+        _check_in_place_steps_against_the_reference(rule, torch.float32, fused=True, chunk=chunk)
+    assert not mlp_module.fused_accumulate_.failed
 
 
 def test_fused_needs_a_rule_with_a_fused_step():

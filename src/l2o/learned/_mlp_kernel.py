@@ -1,7 +1,8 @@
-"""The MLP rule's per-coordinate network as one fused pass (``LearnedOptimizer(fused=True)``).
+"""The MLP rule's deployment step as two fused passes (``LearnedOptimizer(fused=True)``).
 
-Given the already-updated accumulators, this rebuilds every coordinate's features, applies the
-network and writes the new parameter, with every layer written out as sums of products of
+Pass 1 (:func:`accumulate_`) updates the accumulators and sums each feature's square over the
+tensor in one read of it. Pass 2 (:func:`mlp_step_`), given the updated accumulators, rebuilds
+every coordinate's features, applies the network and writes the new parameter, with every layer written out as sums of products of
 per-coordinate values and scalar weights. ``torch.compile`` turns that into a single loop over
 coordinates: the features and hidden activations stay in registers instead of being written to
 memory as rows of a matrix product, which is what the eager path's time goes to (memory
@@ -12,8 +13,8 @@ by the caller, and the output rows are pre-scaled (row 0 by ``step_mult * lr``, 
 
 from __future__ import annotations
 
-from torch import Tensor
 import torch
+from torch import Tensor
 
 from l2o._compile import CompiledOnce
 
@@ -46,4 +47,25 @@ def mlp_step_(p_out: Tensor, p: Tensor, g: Tensor, m: Tensor, v: Tensor, layers:
     p_out.copy_(p - d * torch.exp(s))
 
 
+def accumulate_(m_out: Tensor, v_out: Tensor, m: Tensor, v: Tensor, g: Tensor, p: Tensor, beta: Tensor,
+                one_minus_beta: Tensor, rms_beta: float, eps: float, sums_out: Tensor) -> None:
+    """Momenta and second moment updated into ``m_out``, ``v_out`` (which may be ``m``, ``v``);
+    ``sums_out`` (F,): each feature's sum of squares, in the order g, m_b, sqrt(v), p, g r, m_b r.
+
+    Args:
+        m: (len(betas), n) momenta; v, g, p: (n,); beta, one_minus_beta: (len(betas), 1).
+    """
+    m_new = m * beta + g * one_minus_beta
+    v_new = v * rms_beta + g * g * (1.0 - rms_beta)
+    r2 = 1.0 / (v_new + eps)  # r^2
+    g2 = g * g
+    momenta = m_new.unbind(0)
+    sums = [g2.sum(), *((mb * mb).sum() for mb in momenta), v_new.sum(), (p * p).sum(), (g2 * r2).sum(),
+            *((mb * mb * r2).sum() for mb in momenta)]
+    sums_out.copy_(torch.stack(sums))
+    m_out.copy_(m_new)
+    v_out.copy_(v_new)
+
+
 fused_mlp_step_ = CompiledOnce(mlp_step_, "LearnedOptimizer(fused=True)")
+fused_accumulate_ = CompiledOnce(accumulate_, "LearnedOptimizer(fused=True)")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2o.learned._mlp_kernel import fused_mlp_step_
+from l2o.learned._mlp_kernel import fused_accumulate_, fused_mlp_step_
 from l2o.learned.base import LearnedRule, ParamDict, StateDict
 
 DEFAULT_BETAS = (0.5, 0.9, 0.99, 0.999)
@@ -236,9 +236,9 @@ class MLPRule(LearnedRule):
         Pass 1 updates the accumulators and sums each feature's square over the tensor; pass 2
         rebuilds each chunk's features (cheaper than storing ``n_coord_features`` numbers per
         coordinate) and applies the MLP, with the per-tensor normalization folded into the
-        first layer's weights (``W (x * s) = (W * s) x``). With ``fused``, pass 2 is one compiled
-        loop over the whole tensor (:func:`l2o.learned._mlp_kernel.mlp_step_`), where this
-        function's own pass 2 is the fallback."""
+        first layer's weights (``W (x * s) = (W * s) x``). With ``fused``, each pass is one
+        compiled loop over the whole tensor (:mod:`l2o.learned._mlp_kernel`), with this
+        function's own passes as the fallback."""
         n, nb = p.numel(), len(self.betas)
         dtype, device = p.dtype, p.device
         # Chunks keep the feature rows in the CPU's cache; on a GPU each chunk costs ~25 kernel
@@ -264,21 +264,16 @@ class MLPRule(LearnedRule):
             if r_all is None or r_all.numel() < n:
                 r_all = ws["r_all"] = torch.empty(n, dtype=dtype, device=device)
             r_c = r_all[:n].split(chunk)
-        # Pass 1: accumulators, and each feature's sum of squares over the tensor: chunk norms of
-        # m_b, g r and m_b r (squared, summed); dot products for g, p and the sum of v = (sqrt v)^2.
-        norms = torch.empty(len(g_c), 2 * nb + 1, dtype=dtype, device=device)
-        for i, (gc, mc, vc, r) in enumerate(zip(g_c, m_c, v_c, r_c)):
-            _, _, _, _, _, f_gr, f_mr, _, f_scaled, _, _, _ = self._chunk_views(ws, gc.shape[0])
-            torch.mul(m0_c[i], beta, out=mc).addcmul_(one_minus_beta, gc)
-            torch.mul(v0_c[i], self.rms_beta, out=vc).addcmul_(gc, gc, value=1.0 - self.rms_beta)
-            torch.add(vc, self.eps, out=r).rsqrt_()
-            torch.mul(gc, r, out=f_gr)
-            torch.mul(mc, r, out=f_mr)
-            torch.linalg.vector_norm(mc, dim=1, out=norms[i, :nb])
-            torch.linalg.vector_norm(f_scaled, dim=1, out=norms[i, nb:])
-        sq = norms.to(torch.float64).square_().sum(dim=0)
-        sumsq = torch.cat([torch.stack([torch.dot(gf, gf).double()]), sq[:nb],
-                           torch.stack([v.sum().double(), torch.dot(pf, pf).double()]), sq[nb:]])
+        sumsq = None
+        if fused:  # pass 1 as one compiled loop: the accumulators and all the sums in one read
+            sums = ws.get("sums")
+            if sums is None:
+                sums = ws["sums"] = torch.empty(self.n_coord_features, dtype=dtype, device=device)
+            if fused_accumulate_(m, v, m_old.reshape(nb, n), v_old.reshape(n), gf, pf, beta, one_minus_beta,
+                                 self.rms_beta, self.eps, sums):
+                sumsq = sums
+        if sumsq is None:
+            sumsq = self._accumulate(ws, g_c, m_c, v_c, r_c, m0_c, v0_c, gf, pf, v, beta, one_minus_beta)
         step = step_old + 1
         scale = torch.rsqrt((sumsq / n).to(dtype) + self.eps)
         w_in = self.coord_in.weight * scale
@@ -301,9 +296,9 @@ class MLPRule(LearnedRule):
             f, f_g, f_m, f_sv, f_p, _, _, f_plain, f_scaled, h, out, _ = self._chunk_views(ws, gc.shape[0])
             f_g.copy_(gc)
             f_m.copy_(mc)
-            if fused:  # the fused pass failed to compile: r was kept for one chunk at a time
+            if fused:  # the fused pass 2 failed to compile: r was kept for one chunk at a time at most
                 torch.add(vc, self.eps, out=r).rsqrt_()
-            if not single:
+            if fused or not single:
                 torch.mul(f_plain, r, out=f_scaled)
             torch.sqrt(vc, out=f_sv)
             f_p.copy_(pc)
@@ -318,6 +313,25 @@ class MLPRule(LearnedRule):
             d, s = out
             # p - step_mult * d * exp(exp_mult * s)
             torch.addcmul(pc, d, s.exp_(), value=-1.0, out=oc)
+
+    def _accumulate(self, ws, g_c, m_c, v_c, r_c, m0_c, v0_c, gf, pf, v, beta, one_minus_beta) -> Tensor:
+        """Eager pass 1 of :meth:`_fast_step`, chunk by chunk: the accumulators, and each feature's
+        sum of squares over the tensor (float64): chunk norms of m_b, g r and m_b r (squared,
+        summed), dot products for g and p, and the sum of v = (sqrt v)^2."""
+        nb = len(self.betas)
+        norms = torch.empty(len(g_c), 2 * nb + 1, dtype=gf.dtype, device=gf.device)
+        for i, (gc, mc, vc, r) in enumerate(zip(g_c, m_c, v_c, r_c)):
+            _, _, _, _, _, f_gr, f_mr, _, f_scaled, _, _, _ = self._chunk_views(ws, gc.shape[0])
+            torch.mul(m0_c[i], beta, out=mc).addcmul_(one_minus_beta, gc)
+            torch.mul(v0_c[i], self.rms_beta, out=vc).addcmul_(gc, gc, value=1.0 - self.rms_beta)
+            torch.add(vc, self.eps, out=r).rsqrt_()
+            torch.mul(gc, r, out=f_gr)
+            torch.mul(mc, r, out=f_mr)
+            torch.linalg.vector_norm(mc, dim=1, out=norms[i, :nb])
+            torch.linalg.vector_norm(f_scaled, dim=1, out=norms[i, nb:])
+        sq = norms.to(torch.float64).square_().sum(dim=0)
+        return torch.cat([torch.stack([torch.dot(gf, gf).double()]), sq[:nb],
+                          torch.stack([v.sum().double(), torch.dot(pf, pf).double()]), sq[nb:]])
 
     def _global_features(self, step: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
         """Per-tensor features: progress, and with ``tensor_features`` ``0.2 log RMS`` of g, sqrt(v)
