@@ -37,10 +37,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         rule: the trained rule; None loads the shipped ``"l2l-digits"`` LSTM.
         lr: a multiplier of the rule's update (1.0 applies it exactly as meta-trained); kept
             per param group so learning-rate schedulers work.
-        fused: apply the rule's per-coordinate network in one compiled pass per tensor (rules
-            with ``supports_fused``, i.e. the MLP rule). About 2.5 times faster on large tensors on a CPU;
-            the first step compiles it with ``torch.compile`` (about 10-30 s on a CPU, cached on
-            disk for later processes), and without a working compiler it warns once and runs
+        fused: run the rule's step as compiled passes over each tensor (rules with
+            ``supports_fused``, i.e. the MLP rule): about 2.5 times faster on large tensors on a
+            CPU. The first step compiles them with ``torch.compile`` (about 10-30 s on a CPU,
+            cached on disk for later processes); without a working compiler it warns and runs
             the unfused step. Same numbers up to float rounding.
         adapt: rate ``kappa`` of a per-tensor step-size adaptation on top of the rule (0: off, the
             rule exactly as meta-trained). Each tensor keeps a log step multiplier ``l`` and its
