@@ -107,3 +107,25 @@ def test_state_dict_round_trip_with_adapt_continues_identically(rule):
     for a, b in zip(model.parameters(), model2.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert all(float(opt.state[p]["log_scale"]) != 0.0 for p in model.parameters())
+
+
+def test_adapt_with_the_fused_step_matches_the_unfused_one():
+    def run(fused):
+        rule = MLPRule(hidden=4)
+        torch.manual_seed(5)
+        with torch.no_grad():
+            for w in rule.parameters():
+                w.copy_(torch.randn_like(w) * 0.5)
+        rule.fast_threshold = 100  # the (30, 25) tensor takes the deployment path
+        torch.manual_seed(6)
+        x = torch.randn(30, 25, requires_grad=True)
+        opt = LearnedOptimizer([x], rule=rule, adapt=0.3, fused=fused)
+        for _ in range(6):
+            opt.zero_grad()
+            (0.5 * (x - 3.0).square().sum()).backward()
+            opt.step()
+        return x.detach(), float(opt.state[x]["log_scale"])
+
+    (x_plain, l_plain), (x_fused, l_fused) = run(False), run(True)
+    assert l_plain != 0.0 and l_fused == pytest.approx(l_plain, rel=1e-4)
+    torch.testing.assert_close(x_fused, x_plain, rtol=1e-4, atol=1e-5)
