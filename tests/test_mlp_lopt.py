@@ -91,7 +91,7 @@ def _reference_step(rule: MLPRule, p, g, m, v, t):
 def _check_in_place_steps_against_the_reference(rule: MLPRule, dtype, fused: bool = False, chunk: int = 96):
     rule.fast_threshold, rule.fast_chunk = 100, chunk  # default: several chunks, the last one partial
     gen = torch.Generator().manual_seed(3)
-    shapes = {"w": (30, 25), "big_one_chunk": (90,), "small": (7,)}
+    shapes = {"w": (30, 25), "big_one_chunk": (90,), "small": (7,), "conv": (6, 5, 3, 3)}
     params = {k: torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for k, s in shapes.items()}
     live = {k: v.clone() for k, v in params.items()}
     state = rule.init_state(live)

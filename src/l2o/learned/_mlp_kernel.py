@@ -24,16 +24,19 @@ def mlp_step_(p_out: Tensor, p: Tensor, g: Tensor, m: Tensor, v: Tensor, layers:
     """``p_out = p - d * exp(s)`` with ``(d, s)`` the network's outputs for each coordinate.
 
     Args:
-        p_out: (n,) output (may be ``p`` itself).
-        p, g, v: (n,) parameter, gradient and updated second moment.
-        m: (len(betas), n) updated momenta.
+        p_out: output, shaped like ``p`` (may be ``p`` itself).
+        p, g, v: parameter, gradient and updated second moment (one shape).
+        m: updated momenta, ``(len(betas), *p.shape)``.
         layers: ``(weight, bias)`` per layer, first layer ``(H, F)`` with the feature order of
             ``MLPRule`` (g, m_b, sqrt(v), p, g r, m_b r), last layer ``(2, H)``; ReLU between.
         eps: as in ``r = 1 / sqrt(v + eps)``.
+
+    Every tensor comes in with its own shape and is flattened here (one compilation per rank).
     """
-    r = torch.rsqrt(v + eps)
-    momenta = m.unbind(0)
-    x = [g, *momenta, torch.sqrt(v), p, g * r, *(mb * r for mb in momenta)]
+    pf, gf, vf = p.reshape(-1), g.reshape(-1), v.reshape(-1)
+    r = torch.rsqrt(vf + eps)
+    momenta = m.reshape(m.shape[0], -1).unbind(0)
+    x = [gf, *momenta, torch.sqrt(vf), pf, gf * r, *(mb * r for mb in momenta)]
     last = len(layers) - 1
     for i, (weight, bias) in enumerate(layers):
         y = []
@@ -44,7 +47,7 @@ def mlp_step_(p_out: Tensor, p: Tensor, g: Tensor, m: Tensor, v: Tensor, layers:
             y.append(torch.relu(acc) if i < last else acc)
         x = y
     d, s = x
-    p_out.copy_(p - d * torch.exp(s))
+    p_out.copy_((pf - d * torch.exp(s)).view(p_out.shape))
 
 
 def accumulate_(m_out: Tensor, v_out: Tensor, m: Tensor, v: Tensor, g: Tensor, p: Tensor, beta: Tensor,
@@ -53,18 +56,21 @@ def accumulate_(m_out: Tensor, v_out: Tensor, m: Tensor, v: Tensor, g: Tensor, p
     ``sums_out`` (F,): each feature's sum of squares, in the order g, m_b, sqrt(v), p, g r, m_b r.
 
     Args:
-        m: (len(betas), n) momenta; v, g, p: (n,); beta, one_minus_beta: (len(betas), 1).
+        m: ``(len(betas), *p.shape)`` momenta; v, g, p: one shape; beta, one_minus_beta:
+            ``(len(betas), 1)``.
     """
-    m_new = m * beta + g * one_minus_beta
-    v_new = v * rms_beta + g * g * (1.0 - rms_beta)
+    gf = g.reshape(-1)
+    m_new = m.reshape(m.shape[0], -1) * beta + gf * one_minus_beta
+    v_new = v.reshape(-1) * rms_beta + gf * gf * (1.0 - rms_beta)
     r2 = 1.0 / (v_new + eps)  # r^2
-    g2 = g * g
+    g2 = gf * gf
+    pf = p.reshape(-1)
     momenta = m_new.unbind(0)
-    sums = [g2.sum(), *((mb * mb).sum() for mb in momenta), v_new.sum(), (p * p).sum(), (g2 * r2).sum(),
+    sums = [g2.sum(), *((mb * mb).sum() for mb in momenta), v_new.sum(), (pf * pf).sum(), (g2 * r2).sum(),
             *((mb * mb * r2).sum() for mb in momenta)]
     sums_out.copy_(torch.stack(sums))
-    m_out.copy_(m_new)
-    v_out.copy_(v_new)
+    m_out.copy_(m_new.view(m_out.shape))
+    v_out.copy_(v_new.view(v_out.shape))
 
 
 fused_mlp_step_ = CompiledOnce(mlp_step_, "LearnedOptimizer(fused=True)")

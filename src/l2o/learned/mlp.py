@@ -269,8 +269,11 @@ class MLPRule(LearnedRule):
             sums = ws.get("sums")
             if sums is None:
                 sums = ws["sums"] = torch.empty(self.n_coord_features, dtype=dtype, device=device)
-            if fused_accumulate_(m, v, m_old.reshape(nb, n), v_old.reshape(n), gf, pf, beta, one_minus_beta,
-                                 self.rms_beta, self.eps, sums):
+            # The tensors go in with their own shapes, not as flat views: the passes write into them,
+            # and a compiled write through a view is replayed on the view's base, whose rank the
+            # compiled code fixes (a conv weight's state after a linear one's failed to compile).
+            if fused_accumulate_(m_out, v_out, m_old, v_old, g, p, beta, one_minus_beta, self.rms_beta, self.eps,
+                                 sums):
                 sumsq = sums
         if sumsq is None:
             sumsq = self._accumulate(ws, g_c, m_c, v_c, r_c, m0_c, v0_c, gf, pf, v, beta, one_minus_beta)
@@ -288,7 +291,7 @@ class MLPRule(LearnedRule):
             b_in = bias.squeeze(1)
             layers = ([(w_in, b_in)] if self.head is None else
                       [(w_in, b_in), *((lin.weight, lin.bias) for lin in self.hidden_stack), (w_out, b_out.squeeze(1))])
-            if fused_mlp_step_(newp, pf, gf, m, v, layers, self.eps):
+            if fused_mlp_step_(p_out, p, g, m_out, v_out, layers, self.eps):
                 return
         # Pass 2: features again (g r, m_b r still in the buffer when there is one chunk), MLP, update.
         single = len(g_c) == 1
