@@ -39,8 +39,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             per param group so learning-rate schedulers work.
         fused: run the rule's step as compiled passes over each tensor (rules with
             ``supports_fused``, i.e. the MLP rule): about 2.5 times faster on large tensors on a
-            CPU. The first step compiles them with ``torch.compile`` (about 10-30 s on a CPU,
-            cached on disk for later processes); without a working compiler it warns and runs
+            CPU. The first step compiles them with ``torch.compile`` (about 10-30 s on a CPU for
+            each tensor rank among tensors of over 4,096 elements, cached on disk for later
+            processes); without a working compiler it warns and runs
             the unfused step. Same numbers up to float rounding.
         adapt: rate ``kappa`` of a per-tensor step-size adaptation on top of the rule (0: off, the
             rule exactly as meta-trained). Each tensor keeps a log step multiplier ``l`` and its
