@@ -91,7 +91,7 @@ def _reference_step(rule: MLPRule, p, g, m, v, t):
 def _check_in_place_steps_against_the_reference(rule: MLPRule, dtype, fused: bool = False, chunk: int = 96):
     rule.fast_threshold, rule.fast_chunk = 100, chunk  # default: several chunks, the last one partial
     gen = torch.Generator().manual_seed(3)
-    shapes = {"w": (30, 25), "big_one_chunk": (90,), "small": (7,), "conv": (6, 5, 3, 3)}
+    shapes = {"w": (30, 25), "big_one_chunk": (90,), "small": (7,), "conv": (6, 5, 3, 3), "scalar": (1,)}
     params = {k: torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for k, s in shapes.items()}
     live = {k: v.clone() for k, v in params.items()}
     state = rule.init_state(live)
@@ -148,7 +148,7 @@ def test_fused_step_falls_back_to_the_unfused_step_with_a_warning(uncompilable):
         _train_steps(models[1], fused, 3, data)
     assert kernel.failed and first_pass.failed
     for a, b in zip(models[0].parameters(), models[1].parameters()):
-        assert torch.equal(a, b)  # the same eager arithmetic
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # eager passes; small tensors stepped together
 
 
 @pytest.mark.parametrize("chunk", [16, 4096])  # two chunks, and one
@@ -160,6 +160,32 @@ def test_fused_first_pass_with_the_unfused_second_pass_matches_the_reference(unc
     with pytest.warns(RuntimeWarning, match="could not compile"):
         _check_in_place_steps_against_the_reference(rule, torch.float32, fused=True, chunk=chunk)
     assert not mlp_module.fused_accumulate_.failed
+
+
+@pytest.mark.parametrize("tensor_features", [False, True])
+def test_small_tensors_stepped_together_match_one_by_one(tensor_features):
+    """fused=True steps the tensors of at most fast_threshold coordinates as one computation; each
+    keeps its own normalization, step count (here they differ) and lr."""
+    rule = _trained_like(MLPRule(hidden=8, tensor_features=tensor_features)).double()
+    gen = torch.Generator().manual_seed(11)
+    shapes = [(1,), (7,), (3, 4), (2, 2, 5), (50,)]
+    start = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    runs = {}
+    for fused in (False, True):
+        params = {str(i): t.clone() for i, t in enumerate(start)}
+        state = rule.init_state(params)
+        grad_gen = torch.Generator().manual_seed(12)
+        for t in range(4):
+            grads = {k: torch.randn(v.shape, generator=grad_gen, dtype=torch.float64) for k, v in params.items()}
+            if t == 0:
+                del grads["1"]  # tensor 1 misses a step: its step count lags the others'
+            rule.update_(grads, state, params, lr={"3": 0.5}, fused=fused)
+        runs[fused] = params, state
+    for k in runs[False][0]:
+        torch.testing.assert_close(runs[True][0][k], runs[False][0][k], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(runs[True][1][k]["m"], runs[False][1][k]["m"])
+        assert int(runs[True][1][k]["step"]) == int(runs[False][1][k]["step"]) == (3 if k == "1" else 4)
+    assert float((runs[True][0]["0"] - start[0]).abs().max()) > 1e-3
 
 
 def test_fused_needs_a_rule_with_a_fused_step():
