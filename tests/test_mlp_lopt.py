@@ -345,3 +345,52 @@ def test_learned_optimizer_moves_a_copy_of_the_rule_to_the_parameters_device():
     assert LearnedOptimizer([torch.zeros(3, requires_grad=True)], rule=rule).rule is rule  # already there
     with pytest.raises(ValueError, match="all parameters on one device"):
         LearnedOptimizer([torch.zeros(3, requires_grad=True), on_meta], rule=rule)
+
+
+def _dtype_run(dtype, fused=False, steps=4, reload_after=None):
+    """A small MLP in ``dtype`` trained by a hidden-4 MLP rule (float32 weights); optionally
+    through a state_dict round trip after ``reload_after`` steps."""
+    rule = _trained_like(MLPRule(hidden=4))
+    rule.fast_threshold = 100  # the 30x20 first layer takes the deployment path, the rest the small one
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.Tanh(), torch.nn.Linear(30, 3))
+    start = [p.detach().clone() for p in model.parameters()]
+    model = model.to(dtype)
+    opt = LearnedOptimizer(model.parameters(), rule=rule, fused=fused)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 20, generator=gen), torch.randn(16, 3, generator=gen)
+    for step in range(steps):
+        if step == reload_after:
+            saved = copy.deepcopy(opt.state_dict())
+            opt = LearnedOptimizer(model.parameters(), rule=rule, fused=fused)
+            opt.load_state_dict(saved)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y).backward()
+        opt.step()
+    return model, opt, rule, start
+
+
+@pytest.mark.parametrize(("dtype", "fused"), [(torch.float64, False), (torch.bfloat16, False), (torch.float16, False),
+                                              (torch.bfloat16, True)])
+def test_parameters_of_other_dtypes(dtype, fused):
+    """Half-precision parameters are stepped in float32 (state in float32), float64 ones on a float64
+    copy of the rule; either way close to the float32 run."""
+    reference, _, _, start = _dtype_run(torch.float32)
+    model, opt, rule, _ = _dtype_run(dtype, fused)
+    wide = dtype == torch.float64
+    assert opt.rule is not rule if wide else opt.rule is rule  # the caller's rule is left as it was
+    assert next(rule.parameters()).dtype == torch.float32
+    for p, q, p0 in zip(model.parameters(), reference.parameters(), start):
+        assert p.dtype == dtype and opt.state[p]["m"].dtype == (torch.float64 if wide else torch.float32)
+        moved = float((q.detach() - p0).abs().median())
+        assert moved > 1e-3
+        diff = (p.detach().double() - q.detach().double()).abs()
+        assert float(diff.median()) < (1e-6 if wide else 0.1 * moved)
+
+
+def test_state_of_half_precision_parameters_round_trips_in_float32():
+    model, opt, _, _ = _dtype_run(torch.bfloat16, steps=5)
+    again, opt2, _, _ = _dtype_run(torch.bfloat16, steps=5, reload_after=2)
+    assert all(opt2.state[p]["m"].dtype == torch.float32 for p in again.parameters())
+    for a, b in zip(model.parameters(), again.parameters()):
+        assert torch.equal(a, b)  # the reloaded state kept its float32 precision

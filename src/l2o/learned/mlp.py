@@ -122,9 +122,10 @@ class MLPRule(LearnedRule):
         # Momenta stacked on a "beta" axis placed right after the task dimensions, so that each
         # (task, beta) slice is contiguous and the feature matrix is built without transposes.
         shape = (*p.shape[:batch_dims], len(self.betas), *p.shape[batch_dims:])
-        return {"m": torch.zeros(shape, dtype=p.dtype, device=p.device),
-                "v": torch.zeros_like(p),
-                "step": torch.zeros((), dtype=p.dtype, device=p.device)}
+        dtype = self._work_dtype(p.dtype)
+        return {"m": torch.zeros(shape, dtype=dtype, device=p.device),
+                "v": torch.zeros(p.shape, dtype=dtype, device=p.device),
+                "step": torch.zeros((), dtype=dtype, device=p.device)}
 
     def update(self, grads: ParamDict, state: StateDict, params: ParamDict,
                batch_dims: int = 0) -> tuple[ParamDict, StateDict]:
@@ -179,16 +180,30 @@ class MLPRule(LearnedRule):
                 continue
             st = state[name]
             scale = 1.0 if lr is None else float(lr.get(name, 1.0))
-            contiguous = p.is_contiguous() and st["m"].is_contiguous() and st["v"].is_contiguous()
+            work = self._work_dtype(p.dtype)
+            for key in ("m", "v", "step"):  # e.g. a state dict loaded for half-precision parameters
+                if st[key].dtype != work:
+                    st[key] = st[key].to(work)
+            if fused and p.numel() <= self.fast_threshold:
+                small.setdefault((work, p.device), []).append((p, g, st, scale))
+                continue
+            # Half-precision parameters: the step is computed on a float32 copy, then stored back.
+            p_work, g_work = (p, g) if p.dtype == work else (p.to(work), g.to(work))
+            contiguous = p_work.is_contiguous() and st["m"].is_contiguous() and st["v"].is_contiguous()
             if p.numel() > self.fast_threshold and contiguous:
-                self._fast_step(p, g, st["m"], st["v"], st["step"], p, st["m"], st["v"], scale, fused)
+                self._fast_step(p_work, g_work, st["m"], st["v"], st["step"], p_work, st["m"], st["v"], scale, fused)
                 st["step"] = st["step"] + 1
-            elif fused:
-                small.setdefault((p.dtype, p.device), []).append((p, g, st, scale))
             else:
-                self._small_step_(p, g, st, scale)
+                self._small_step_(p_work, g_work, st, scale)
+            if p_work is not p:
+                p.copy_(p_work)
         for items in small.values():
             self._small_steps_(items)
+
+    def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype the rule computes in for parameters of ``dtype``: its weights' dtype, or
+        ``dtype`` if that is wider (a float64 optimizee under a float32 rule in meta-training)."""
+        return torch.promote_types(dtype, self.coord_in.weight.dtype)
 
     def _small_step_(self, p: Tensor, g: Tensor, st: dict[str, Tensor], scale: float) -> None:
         """The in-place step of one small tensor through the differentiable path's code."""
@@ -216,12 +231,11 @@ class MLPRule(LearnedRule):
         ps, gs, sts, lrs = zip(*items)
         sizes = [p.numel() for p in ps]
         count, nb = len(items), len(self.betas)
-        p0 = ps[0]
-        dtype, device = p0.dtype, p0.device
+        dtype, device = sts[0]["v"].dtype, ps[0].device  # the work dtype (``update_``)
         seg = torch.repeat_interleave(torch.arange(count, device=device), torch.tensor(sizes, device=device))
         numel = torch.tensor(sizes, dtype=dtype, device=device)
-        g = torch.cat([x.reshape(-1) for x in gs])
-        p = torch.cat([x.reshape(-1) for x in ps])
+        g = torch.cat([x.reshape(-1).to(dtype) for x in gs])
+        p = torch.cat([x.reshape(-1).to(dtype) for x in ps])
         beta = self.beta_vec.to(dtype).unsqueeze(1)
         m = torch.cat([st["m"].reshape(nb, -1) for st in sts], dim=1) * beta + g * (1.0 - beta)
         v = torch.cat([st["v"].reshape(-1) for st in sts]) * self.rms_beta + g * g * (1.0 - self.rms_beta)

@@ -53,7 +53,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             (``u``) and a dot product and two norms per tensor. See docs/methods/mlp_lopt.md.
 
     The parameters must all be on one device; the rule runs there (a copy of it is moved there
-    when its weights are elsewhere, e.g. shipped weights, which load on the CPU).
+    when its weights are elsewhere, e.g. shipped weights, which load on the CPU). The rule computes
+    in float32 (its weights' dtype) for float32, bfloat16 and float16 parameters, with its state
+    in float32, and in float64 when any parameter is float64 (on a float64 copy of the rule).
     """
 
     #: bound on the adapted log step multiplier (a factor of 1e4 either way)
@@ -79,13 +81,20 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if len(devices) > 1:
             raise ValueError(f"LearnedOptimizer needs all parameters on one device, got {sorted(map(str, devices))}; "
                              "use one optimizer per device")
-        # The rule's weights must live where the parameters are (a shipped rule loads on the CPU):
-        # a copy is moved there, so a rule shared with other optimizers is left where it was.
+        # The rule's weights must live where the parameters are (a shipped rule loads on the CPU),
+        # and be float64 when some parameters are (the rule computes in its own dtype; half
+        # precision parameters are computed on in float32): a copy is moved and converted, so a
+        # rule shared with other optimizers is left as it was.
         self.rule = rule
         if devices:
             device = devices.pop()
-            if any(t.device != device for t in [*rule.parameters(), *rule.buffers()]):
+            wide = any(p.dtype == torch.float64 for group in self.param_groups for p in group["params"])
+            tensors = [*rule.parameters(), *rule.buffers()]
+            if any(t.device != device for t in tensors) or (wide and any(
+                    t.is_floating_point() and t.dtype != torch.float64 for t in rule.parameters())):
                 self.rule = copy.deepcopy(rule).to(device)
+                if wide:
+                    self.rule = self.rule.double()
         for p in self.rule.parameters():
             p.requires_grad_(False)
 
@@ -172,10 +181,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As ``torch.optim.Optimizer.load_state_dict``; the optimizer keeps its own copies of the
-        state tensors, so in-place steps never write into ``state_dict``."""
+        state tensors, so in-place steps never write into ``state_dict``, and in the dtype they
+        were saved in (torch.optim would cast them to the parameter's: the float32 state of
+        half-precision parameters would lose its precision)."""
         super().load_state_dict(state_dict)
-        for p in list(self.state):
-            self.state[p] = _copy_tensors(self.state[p])
+        saved = state_dict["state"]
+        ordered = [p for group in self.param_groups for p in group["params"]]
+        for index, p in enumerate(ordered):  # the saved ids are positions in the groups' order
+            if index in saved and p in self.state:
+                self.state[p] = {k: (v.to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v)
+                                 for k, v in saved[index].items()}
 
 
 #: per-parameter state of ``adapt`` (not the rule's): the log step multiplier and the last step
