@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from l2o.io import atomic_write_text
 from l2o.meta.estimators import PES, antithetic_es
 
 
@@ -72,9 +73,7 @@ def main(argv=None) -> int:
 
     result = {"true_gradient": true.tolist(), "pes": summary(pes_all), "truncated_es": summary(tes_all),
               "pairs": args.pairs, "repeats": args.repeats, "sigma": sigma, "horizon": horizon, "truncation": trunc}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

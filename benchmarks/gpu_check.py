@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import l2o.optim  # noqa: E402
+from l2o.io import atomic_write_text  # noqa: E402
 import mlp_lopt  # noqa: E402
 from step_time import make_tensors  # noqa: E402
 
@@ -234,10 +235,8 @@ def main(argv=None) -> int:
         except Exception as error:  # report and go on: one failure should not hide the rest
             report[name] = {"error": f"{type(error).__name__}: {error}"}
         print(f"{name} ({time.perf_counter() - start:.1f} s): {json.dumps(report[name])}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

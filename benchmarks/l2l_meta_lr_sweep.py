@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from l2o.io import atomic_write_text
 from l2o.learned import LearnedOptimizer, LSTMRule
 from l2o.meta.bptt import BPTTConfig, BPTTTrainer
 from l2o.tasks.digits import DigitsMLP, DigitsMLPFamily
@@ -54,8 +55,7 @@ def main(argv=None):
         rows.append(row)
         print(f"meta lr {lr:g}: best validation {row['best_val']:.4f} (step {row['best_step']}), final loss "
               f"{row['final_loss_100']:.4f} after 100 steps, {row['final_loss_200']:.4f} after 200", flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"benchmark": "l2l_meta_lr_sweep", "results": rows}, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps({"benchmark": "l2l_meta_lr_sweep", "results": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

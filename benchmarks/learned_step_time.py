@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from l2o.io import atomic_write_text
 from l2o.learned import LearnedOptimizer, LSTMRule
 
 MODELS = {
@@ -77,8 +78,7 @@ def main(argv=None):
     out = {"benchmark": "learned_step_time", "torch": torch.__version__, "threads": 1,
            "machine": platform.processor() or platform.machine(), "rounds": args.rounds, "steps": args.steps,
            "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from mlp_lopt import meta_throughput  # noqa: E402
 
+from l2o.io import atomic_write_text  # noqa: E402
 from l2o.tasks import family  # noqa: E402
 
 
@@ -101,9 +102,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "threads": 1,
               "loss_forward_backward": loss_timings(max(args.rounds, 5)),
               "meta_training_throughput": throughput_ab(args.rounds)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from l2o.io import atomic_write_text
 from l2o.learned import LSTMRule
 from l2o.meta.bptt import BPTTConfig, BPTTTrainer
 from l2o.tasks.digits import DigitsMLP, DigitsMLPFamily
@@ -64,8 +65,7 @@ def main(argv=None):
     out = {"benchmark": "meta_throughput", "torch": torch.__version__, "threads": 1,
            "machine": platform.processor() or platform.machine(), "outer_steps": args.outer_steps,
            "unroll": 20, "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

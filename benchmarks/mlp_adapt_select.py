@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from l2o.io import atomic_write_text
+
 GRID = (0.0, 0.01, 0.03, 0.1, 0.3)
 FLOOR, CEILING = math.log(1e-6), math.log(1e4)
 
@@ -72,9 +74,7 @@ def main(argv=None) -> int:
     result = {"command": "python benchmarks/mlp_adapt_select.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "torch": torch.__version__, **run(GRID, args.tasks_per_type, args.seed)}
     result["seconds"] = round(time.perf_counter() - start, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "raw"}, indent=2))
     return 0
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from l2o.io import atomic_write_text
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
     fig.tight_layout()
     Path(args.png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=110)
-    Path(args.out).write_text(json.dumps({"adam_lr": args.adam_lr, "curves": data}) + "\n")
+    atomic_write_text(args.out, json.dumps({"adam_lr": args.adam_lr, "curves": data}) + "\n")
     print(f"wrote {args.png} and {args.out}")
     return 0
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 import l2o.optim
+from l2o.io import atomic_write_text
 
 # name -> (factory kind, keyword arguments). "torch:" entries are torch.optim baselines.
 CONFIGS: list[tuple[str, str, dict]] = [
@@ -174,8 +175,7 @@ def main(argv=None) -> int:
         threads=torch.get_num_threads(), tensors=50, parameters=numel, dtype="float32",
         rounds=args.rounds, steps_per_round=args.steps, results=results, skipped=skipped,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 
     print(f"{numel:,} parameters in 50 tensors, 1 thread, median of {args.rounds} rounds x {args.steps} steps")
     print(f"{'optimizer':31s} {'ms/step':>9s} {'x Adam':>8s} {'x fused Adam':>13s}")
