@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from l2o.io import atomic_write_text
+
 MEMORY_PROBE = r"""
 import resource, sys, torch
 
@@ -132,32 +134,64 @@ def many_tensors_model() -> torch.nn.Module:
     return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(64, 10))
 
 
-def step_times_many_tensors(rounds: int, steps: int) -> dict:
-    """Adam and the MLP optimizer (unfused and fused) on a model of many small tensors."""
-    from l2o.learned.optimizer import LearnedOptimizer
+def mlp_rule():
+    from l2o.learned.mlp import MLPRule
     from l2o.learned.weights import PRETRAINED
 
-    factories = {"adam (default)": lambda ps: torch.optim.Adam(ps),
-                 "mlp learned optimizer": lambda ps: LearnedOptimizer(ps, rule=PRETRAINED.load("mlp-general")),
-                 "mlp learned optimizer, fused=True": lambda ps: LearnedOptimizer(ps, rule=PRETRAINED.load("mlp-general"),
-                                                                                  fused=True)}
-    setups = {}
+    return PRETRAINED.load("mlp-general") if "mlp-general" in PRETRAINED else MLPRule()
+
+
+def lstm_rule():
+    from l2o.learned.lstm import LSTMRule
+    from l2o.learned.weights import PRETRAINED
+
+    return PRETRAINED.load("l2l-digits") if "l2l-digits" in PRETRAINED else LSTMRule()
+
+
+def build_optimizers(factories: dict, make_model) -> tuple[dict, dict, torch.nn.Module]:
+    """One fresh model (``make_model()``, seeded gradients) and one optimizer per factory, each
+    stepped once outside the timing (state allocation, and the fused passes' compilation, whose
+    seconds are returned); also one model, for its sizes."""
+    setups, first_step = {}, {}
     for name, factory in factories.items():
-        model = many_tensors_model()
+        model = make_model()
         gen = torch.Generator().manual_seed(1)
         for p in model.parameters():
             p.grad = torch.randn(p.shape, generator=gen) * 1e-3
-        setups[name] = factory(list(model.parameters()))
-        setups[name].step()
+        opt = factory(model.parameters())
+        start = time.perf_counter()
+        opt.step()
+        first_step[name] = round(time.perf_counter() - start, 3)
+        setups[name] = opt
+    return setups, first_step, model
+
+
+def time_interleaved(setups: dict, rounds: int, steps_of) -> tuple[dict, dict]:
+    """Wall-clock and process-CPU seconds per step of each optimizer, ``rounds`` rounds in which
+    each runs ``steps_of(name)`` steps in turn (so that load from other processes hits all alike)."""
     times = {name: [] for name in setups}
+    cpu = {name: [] for name in setups}
     for _ in range(rounds):
         for name, opt in setups.items():
-            start = time.perf_counter()
-            for _ in range(steps):
+            count = steps_of(name)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            for _ in range(count):
                 opt.step()
-            times[name].append((time.perf_counter() - start) / steps)
+            times[name].append((time.perf_counter() - start) / count)
+            cpu[name].append((time.process_time() - cpu_start) / count)
+    return times, cpu
+
+
+def step_times_many_tensors(rounds: int, steps: int) -> dict:
+    """Adam and the MLP optimizer (unfused and fused) on a model of many small tensors."""
+    from l2o.learned.optimizer import LearnedOptimizer
+
+    factories = {"adam (default)": lambda ps: torch.optim.Adam(ps),
+                 "mlp learned optimizer": lambda ps: LearnedOptimizer(ps, rule=mlp_rule()),
+                 "mlp learned optimizer, fused=True": lambda ps: LearnedOptimizer(ps, rule=mlp_rule(), fused=True)}
+    setups, _, model = build_optimizers(factories, many_tensors_model)
+    times, _ = time_interleaved(setups, rounds, lambda name: steps)
     adam = statistics.median(times["adam (default)"])
-    model = many_tensors_model()
     return {"parameters": sum(p.numel() for p in model.parameters()), "tensors": len(list(model.parameters())),
             "rounds": rounds, "steps_per_round": steps,
             "seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
@@ -165,19 +199,7 @@ def step_times_many_tensors(rounds: int, steps: int) -> dict:
 
 
 def step_times(rounds: int, steps: int) -> dict:
-    from l2o.learned.lstm import LSTMRule
-    from l2o.learned.mlp import MLPRule
     from l2o.learned.optimizer import LearnedOptimizer
-
-    def mlp_rule():
-        from l2o.learned.weights import PRETRAINED
-
-        return PRETRAINED.load("mlp-general") if "mlp-general" in PRETRAINED else MLPRule()
-
-    def lstm_rule():
-        from l2o.learned.weights import PRETRAINED
-
-        return PRETRAINED.load("l2l-digits") if "l2l-digits" in PRETRAINED else LSTMRule()
 
     class MatmulsOnly:
         """The MLP's matrix products alone (first layer, ReLU, output layer) over as many
@@ -208,32 +230,12 @@ def step_times(rounds: int, steps: int) -> dict:
         "mlp learned optimizer, fused=True": lambda ps: LearnedOptimizer(ps, rule=mlp_rule(), fused=True),
         "lstm learned optimizer": lambda ps: LearnedOptimizer(ps, rule=lstm_rule()),
     }
-    setups, first_step = {}, {}
-    n_params = 0
-    for name, factory in factories.items():
-        model = one_million_model()
-        n_params = sum(p.numel() for p in model.parameters())
-        gen = torch.Generator().manual_seed(1)
-        for p in model.parameters():
-            p.grad = torch.randn(p.shape, generator=gen) * 1e-3
-        opt = factory(model.parameters())
-        start = time.perf_counter()
-        opt.step()  # state allocation (and the fused pass's compilation) outside the timing
-        first_step[name] = round(time.perf_counter() - start, 3)
-        setups[name] = opt
-    times = {name: [] for name in setups}
-    cpu = {name: [] for name in setups}
-    for _ in range(rounds):
-        for name, opt in setups.items():
-            count = 1 if name.startswith("lstm") else steps  # the LSTM takes seconds per step
-            start, cpu_start = time.perf_counter(), time.process_time()
-            for _ in range(count):
-                opt.step()
-            times[name].append((time.perf_counter() - start) / count)
-            cpu[name].append((time.process_time() - cpu_start) / count)
+    setups, first_step, model = build_optimizers(factories, one_million_model)
+    # the LSTM takes seconds per step: one per round
+    times, cpu = time_interleaved(setups, rounds, lambda name: 1 if name.startswith("lstm") else steps)
     adam, adam_cpu = statistics.median(times["adam (default)"]), statistics.median(cpu["adam (default)"])
-    return {"parameters": n_params, "rounds": rounds, "steps_per_round": steps, "lstm_steps_per_round": 1,
-            "lstm_weights": "l2l-digits",
+    return {"parameters": sum(p.numel() for p in model.parameters()), "rounds": rounds, "steps_per_round": steps,
+            "lstm_steps_per_round": 1, "lstm_weights": "l2l-digits",
             "first_step_seconds": first_step,
             "seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
             "ratio_to_adam": {k: round(statistics.median(v) / adam, 2) for k, v in times.items()},
@@ -278,9 +280,7 @@ def main(argv=None) -> int:
     print("deployed step time, many small tensors ...", file=sys.stderr)
     result["step_time_many_tensors"] = step_times_many_tensors(args.rounds, args.steps)
     print(json.dumps(result["step_time_many_tensors"]), file=sys.stderr)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 
