@@ -181,7 +181,7 @@ class MLPRule(LearnedRule):
             st = state[name]
             scale = 1.0 if lr is None else float(lr.get(name, 1.0))
             work = self._work_dtype(p.dtype)
-            for key in ("m", "v", "step"):  # e.g. a state dict loaded for half-precision parameters
+            for key in ("m", "v", "step"):  # state made for another dtype (e.g. model.double() since)
                 if st[key].dtype != work:
                     st[key] = st[key].to(work)
             if fused and p.numel() <= self.fast_threshold:
@@ -243,9 +243,9 @@ class MLPRule(LearnedRule):
         r = torch.rsqrt(v + self.eps)
         feats = torch.cat([g[None], m, v.sqrt()[None], p[None], (g * r)[None], m * r])  # (F, N)
         sumsq = torch.zeros(feats.shape[0], count, dtype=dtype, device=device).index_add_(1, seg, feats.square())
-        scale = torch.rsqrt(sumsq / numel + self.eps).T  # (tensors, F): 1 / RMS
-        x = feats * scale.T[:, seg]
-        bias = self.coord_in.bias + self.global_in(self._global_features(step.unsqueeze(1), scale, dtype))  # (T, H)
+        inv_rms = torch.rsqrt(sumsq / numel + self.eps)  # (F, tensors)
+        x = feats * inv_rms[:, seg]
+        bias = self.coord_in.bias + self.global_in(self._global_features(step.unsqueeze(1), inv_rms.T, dtype))  # (T, H)
         h = torch.addmm(bias.T[:, seg], self.coord_in.weight, x)
         if self.head is not None:
             h = torch.relu(h)

@@ -119,7 +119,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         entries = []  # (key, param, lr)
-        params, grads, states = {}, {}, {}
+        params, grads = {}, {}
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -135,7 +135,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
                     lr *= self._adapted_multiplier(p, state)
                 entries.append((key, p, lr))
                 params[key], grads[key] = p.detach(), p.grad
-                states[key] = {k: v for k, v in state.items() if k not in _ADAPT_KEYS}
         if not entries:
             return loss
         in_place = getattr(self.rule, "update_", None)
@@ -144,6 +143,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             in_place(grads, {key: self.state[p] for key, p, _ in entries}, params,
                      {key: lr for key, _, lr in entries}, **options)
         else:
+            states = {key: {k: v for k, v in self.state[p].items() if k not in _ADAPT_KEYS} for key, p, _ in entries}
             new_params, new_states = self.rule.update(grads, states, params)
             for key, p, lr in entries:
                 if lr == 1.0:
@@ -186,11 +186,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         half-precision parameters would lose its precision)."""
         super().load_state_dict(state_dict)
         saved = state_dict["state"]
-        ordered = [p for group in self.param_groups for p in group["params"]]
-        for index, p in enumerate(ordered):  # the saved ids are positions in the groups' order
-            if index in saved and p in self.state:
+        # the saved ids and the parameters, paired group by group as torch.optim pairs them
+        ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        for pid, p in zip(ids, (p for group in self.param_groups for p in group["params"])):
+            if pid in saved:
                 self.state[p] = {k: (v.to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v)
-                                 for k, v in saved[index].items()}
+                                 for k, v in saved[pid].items()}
 
 
 #: per-parameter state of ``adapt`` (not the rule's): the log step multiplier and the last step
