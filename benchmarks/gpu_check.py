@@ -10,12 +10,14 @@ Correctness (on ``--device``, float32 unless said):
 - ``torch.compile(HAdam.step)`` against the eager step;
 - the learned optimizers (``mlp-general`` on the 1M-parameter model of ``mlp_lopt.py``, unfused
   and with ``fused=True``, ``l2l-digits`` on a small one): three steps on the device against the
-  same (unfused) steps on the CPU.
+  same (unfused) steps on the CPU;
+- meta-training (``GeneralTrainer``, each estimator, 10 outer steps) on the device against the CPU.
 
 Speed: each optimizer's ``step()`` on the 50 tensors of ``step_time.py`` (2.7M parameters), as
 ratios to ``torch.optim.Adam()`` (default settings: foreach on CUDA) and ``Adam(fused=True)``,
 timed with device synchronization, medians of interleaved rounds; and the learned optimizers'
-step on the 1M-parameter model against Adam's.
+step on the 1M-parameter model against Adam's; meta-training throughput of 8 and 64 digits-MLP
+instances advanced together against one at a time (``mlp_lopt.py``'s measurement, on the device).
 
 Usage::
 
@@ -146,6 +148,42 @@ def learned_vs_cpu(device) -> dict:
     return out
 
 
+def meta_training_vs_cpu(device) -> dict:
+    """A few outer steps of ``GeneralTrainer`` (each estimator) on the device and on the CPU, from the
+    same seeds: how far apart the meta-trained rules end, beside how far training moved them."""
+    from l2o.learned.mlp import MLPRule
+    from l2o.meta.general import GeneralConfig, GeneralTrainer
+    from l2o.tasks.family import GeneralFamily
+
+    out = {}
+    for estimator in ("bptt", "es", "pes"):
+        vectors = []
+        for dev in ("cpu", device):
+            torch.manual_seed(0)
+            rule = MLPRule().to(dev)
+            start = torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu()
+            family = GeneralFamily(widths=(16, 32), depths=(1, 2), batch_sizes=(32, 64), horizon=(100, 100))
+            config = GeneralConfig(estimator=estimator, outer_steps=10, batch_size=8, groups=2, unroll=10, val_every=0)
+            GeneralTrainer(rule, family, config, directory=None, log=False).train(progress_bar=False)
+            vectors.append(torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu())
+        out[estimator] = {"max_abs_diff_vs_cpu": float((vectors[0] - vectors[1]).abs().max()),
+                          "max_change_cpu": float((vectors[0] - start).abs().max())}
+    return out
+
+
+def meta_training_speed(device) -> dict:
+    """``mlp_lopt.py``'s meta-training throughput (digits MLP instances, batched against one at a
+    time) on the device, for 8 and 64 instances, with the device's peak memory of the batched run."""
+    out = {}
+    for batch in (8, 64):
+        if torch.device(device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out[f"batch_{batch}"] = mlp_lopt.meta_throughput(batch, 20, 2, 3, device=device)
+        if torch.device(device).type == "cuda":
+            out[f"batch_{batch}"]["peak_device_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
 def synchronize(device):
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -227,7 +265,8 @@ def main(argv=None) -> int:
     sections = [("foreach_vs_loop", foreach_parity), ("sgld_philox", philox_checks),
                 ("hadam_compiled_vs_eager", compiled_hadam), ("learned_device_vs_cpu", learned_vs_cpu),
                 ("step_time_2_7M", lambda d: optimizer_speed(d, args.rounds, args.steps)),
-                ("learned_step_time_1M", lambda d: learned_speed(d, args.rounds, max(1, args.steps // 5)))]
+                ("learned_step_time_1M", lambda d: learned_speed(d, args.rounds, max(1, args.steps // 5))),
+                ("meta_training_vs_cpu", meta_training_vs_cpu), ("meta_training_throughput", meta_training_speed)]
     for name, fn in sections:
         start = time.perf_counter()
         try:

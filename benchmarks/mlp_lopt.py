@@ -79,30 +79,41 @@ def digits_tasks(count: int):
     return [build_task(config, seed) for seed in range(count)]
 
 
-def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int) -> dict:
-    """Inner steps per second: batched vs looped, interleaved rounds, medians."""
+def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int, device: str = "cpu") -> dict:
+    """Inner steps per second: batched vs looped, interleaved rounds, medians (``device``: where
+    the rule and the optimizees run; ``benchmarks/gpu_check.py`` passes cuda)."""
     from l2o.learned.mlp import MLPRule
     from l2o.meta.batched import batched_unroll, start_episode
 
-    rule = MLPRule()
+    rule = MLPRule().to(device)
     tasks = digits_tasks(batch)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
     work = batch * unroll * truncations
 
+    def timed(run) -> tuple[float, float]:
+        sync()
+        start, cpu = time.perf_counter(), time.process_time()
+        run()
+        sync()
+        return work / (time.perf_counter() - start), work / (time.process_time() - cpu)
+
     def batched():
         episode = start_episode(rule, tasks, list(range(batch)), 10**6)
-        start, cpu = time.perf_counter(), time.process_time()
-        for _ in range(truncations):
-            batched_unroll(rule, episode, unroll).meta_loss.backward()
-        return work / (time.perf_counter() - start), work / (time.process_time() - cpu)
+
+        def run():
+            for _ in range(truncations):
+                batched_unroll(rule, episode, unroll).meta_loss.backward()
+        return timed(run)
 
     def looped():
         episodes = [start_episode(rule, [t], [i], 10**6) for i, t in enumerate(tasks)]
-        start, cpu = time.perf_counter(), time.process_time()
-        for _ in range(truncations):
-            for episode in episodes:
-                batched_unroll(rule, episode, unroll).meta_loss.backward()
-        return work / (time.perf_counter() - start), work / (time.process_time() - cpu)
+
+        def run():
+            for _ in range(truncations):
+                for episode in episodes:
+                    batched_unroll(rule, episode, unroll).meta_loss.backward()
+        return timed(run)
 
     batched(), looped()  # warm up
     results = {"batched": [], "looped": []}

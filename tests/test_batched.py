@@ -143,3 +143,54 @@ def test_shared_data_gather_draws_the_same_minibatches_as_each_task():
     x, y = episode.next_batch()  # the one-gather path (all tasks share the digits tensors)
     expected = stack_batches([next(s) for s in reference.streams])
     assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_episode_lives_on_the_rules_device(shared):
+    # PyTorch's meta device stands in for a GPU: every tensor of the episode must follow the rule there.
+    if shared:  # digits instances draw from the same tensors: one gather for all of them
+        tasks = [build_task(TaskConfig("digits", hidden=4, layers=1, activation="relu", batch_size=8, horizon=5), s)
+                 for s in (0, 1)]
+    else:
+        config = TaskConfig("regression", hidden=4, layers=1, activation="tanh", batch_size=8, horizon=5, in_dim=3)
+        tasks = [build_task(config, s) for s in (0, 1)]
+    rule = MLPRule(hidden=4).to("meta")
+    episode = start_episode(rule, tasks, [0, 1], 5)
+    assert episode.device.type == "meta"
+    tensors = [*episode.params.values(), *(t for s in episode.state.values() for t in s.values()),
+               episode.initial_loss, *episode.next_batch(), *episode.clone().next_batch()]
+    assert {t.device.type for t in tensors} == {"meta"}
+
+
+def test_episode_without_batches_refuses_a_device_it_cannot_feed():
+    from l2o.tasks.quadratic import QuadraticTask
+
+    # The quadratic keeps W and y to itself: its loss would mix a CPU matrix with device parameters.
+    with pytest.raises(ValueError, match="only run on the CPU"):
+        start_episode(MLPRule(hidden=4).to("meta"), [QuadraticTask(dim=3)], [0], 5)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("estimator", ["bptt", "es", "pes"])
+def test_meta_training_on_cuda_follows_the_cpu(estimator):
+    from l2o.meta.general import GeneralConfig, GeneralTrainer
+
+    def train(device):
+        torch.manual_seed(0)
+        rule = MLPRule(hidden=8).to(device)
+        family = GeneralFamily(datasets=("digits", "regression"), widths=(8,), depths=(1,), activations=("tanh",),
+                               batch_sizes=(16,), horizon=(30, 30))
+        config = GeneralConfig(estimator=estimator, outer_steps=4, batch_size=3, groups=2, unroll=5, pairs=2,
+                               val_every=2, val_steps=5)
+        trainer = GeneralTrainer(rule, family, config, directory=None, log=False)
+        start = torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu()
+        trainer.train(progress_bar=False)
+        return start, torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu(), trainer.summary.best_val
+
+    (start, cpu, cpu_val), (_, gpu, gpu_val) = train("cpu"), train("cuda")
+    assert float((cpu - start).abs().max()) > 1e-3  # the rule was trained, not left as it was
+    torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-4)
+    assert abs(gpu_val - cpu_val) < 1e-3

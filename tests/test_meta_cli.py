@@ -26,7 +26,7 @@ def test_train_writes_checkpoints_and_weights_then_resumes(tmp_path, capsys):
     _, meta = load_tensors(out / "last.safetensors")
     assert meta["step"] == 4
     card = json.loads((out / "weights.json").read_text())
-    assert card["rule"] == "mlp" and card["training"]["outer_steps"] == 4
+    assert card["rule"] == "mlp" and card["training"]["outer_steps"] == 4 and card["training"]["device"] == "cpu"
     assert isinstance(load_rule(out / "weights.safetensors"), MLPRule)
     capsys.readouterr()
     assert main(["meta", "train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--val-every", "0",
@@ -134,3 +134,27 @@ def test_bad_cli_arguments_give_clear_errors(tmp_path, capsys):
     assert "no-such-weights" in capsys.readouterr().err
     assert main(["meta", "train", *TINY, "--curriculum", "50:10", "--steps", "1", "--out", str(tmp_path / "x")]) == 2
     assert "curriculum_start" in capsys.readouterr().err
+
+
+def test_device_that_is_not_there_is_refused(tmp_path, capsys):
+    if not torch.cuda.is_available():
+        assert main(["meta", "train", *TINY, "--device", "cuda", "--steps", "1", "--out", str(tmp_path / "c")]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    assert main(["meta", "train", *TINY, "--device", "gpu0", "--steps", "1", "--out", str(tmp_path / "g")]) == 2
+    assert "--device 'gpu0'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "g").exists()  # refused before anything is written
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_on_cuda_then_resume_on_the_cpu(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["meta", "train", *TINY, "--device", "cuda", "--steps", "4", "--checkpoint-every", "2",
+                 "--val-every", "2", "--out", str(out)]) == 0
+    card = json.loads((out / "weights.json").read_text())
+    assert card["training"]["device"] == torch.cuda.get_device_name()
+    assert main(["meta", "train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--val-every", "0",
+                 "--out", str(out), "--resume"]) == 0
+    assert "resumed" in capsys.readouterr().err
+    assert load_tensors(out / "last.safetensors")[1]["step"] == 6
+    assert all(torch.isfinite(p).all() for p in load_rule(out / "weights.safetensors").parameters())

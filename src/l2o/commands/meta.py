@@ -71,6 +71,7 @@ def register(subparsers) -> None:
     train.add_argument("--val-steps", type=int, default=200)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    train.add_argument("--device", default="cpu", help="where the rule and the optimizees run, e.g. cuda (default cpu)")
     train.add_argument("--out", required=True, help="output directory (checkpoints, weights.safetensors + card)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -109,6 +110,27 @@ def _parse_task_args(items: list[str]) -> dict:
     return kwargs
 
 
+def _device(name: str):
+    """``torch.device(name)``, refused with the reason when this machine does not have it."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: this PyTorch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: meta-training runs on cpu or cuda")
+    return device
+
+
+def _device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def _train(args) -> int:
     import json
     import math
@@ -122,6 +144,7 @@ def _train(args) -> int:
     from l2o.tasks.family import DATASETS, GeneralFamily
 
     torch.set_num_threads(args.threads)
+    device = _device(args.device)
     if args.datasets is not None and args.task != "general":
         raise SystemExit("--datasets applies to --task general only")
     datasets = (args.datasets or DATASETS) if args.task == "general" else (args.task,)
@@ -137,6 +160,7 @@ def _train(args) -> int:
         from l2o.learned.lstm import LSTMRule
 
         rule = LSTMRule(hidden_size=args.hidden or 20)
+    rule.to(device)
     start, steps = args.curriculum if args.curriculum else (None, 0)
     config = GeneralConfig(estimator=args.estimator, outer_steps=args.steps, batch_size=args.batch, groups=args.groups,
                            unroll=args.unroll, curriculum_start=start, curriculum_steps=steps, meta_lr=args.meta_lr,
@@ -152,6 +176,7 @@ def _train(args) -> int:
                          "outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
                          "meta_train_seconds": round(summary.seconds, 1),
                          "meta_train_cpu_seconds": round(summary.cpu_seconds, 1), "threads": torch.get_num_threads(),
+                         "device": _device_name(device),
                          "rollbacks": summary.rollbacks,
                          "best_val_log_loss_ratio": None if math.isinf(summary.best_val) else summary.best_val,
                          "command": ("l2o " + " ".join(sys.argv[1:])) if "meta" in sys.argv[1:2] else None}}

@@ -63,6 +63,7 @@ class BatchedEpisode:
         horizon: the episode's length; it ends when ``step >= horizon``.
         initial_loss: (B,) loss of each instance at its initialisation (meta-loss normalizer).
         generators: one per instance (minibatch streams; kept for checkpoints).
+        device: where the parameters, the state and the minibatches live.
     """
 
     tasks: list[Task]
@@ -73,21 +74,32 @@ class BatchedEpisode:
     initial_loss: Tensor
     generators: list[torch.Generator]
     streams: list[Iterator[Any]] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _data: tuple | None = field(default=None, repr=False)  # the shared training tensors, on ``device``
 
     @property
     def done(self) -> bool:
         return self.step >= self.horizon
 
     def next_batch(self) -> Any:
-        shared = _shared_minibatch_data(self.tasks)
-        if shared is not None:
+        if self._data is None:
+            shared = _shared_minibatch_data(self.tasks)
+            self._data = (False,) if shared is None else (True, shared[0].to(self.device), shared[1].to(self.device),
+                                                           *shared[2:])
+        if self._data[0]:
             # Same draws as SupervisedTask.batches, but one gather for the whole batch of tasks.
-            x, y, n, size = shared
+            _, x, y, n, size = self._data
             idx = torch.stack([torch.randint(0, n, (size,), generator=g) for g in self.generators])
             # index_select on the flat indices: the same rows as x[idx], several times faster on the CPU
-            flat = idx.view(-1)
+            flat = idx.view(-1).to(self.device)
             return x.index_select(0, flat).view(*idx.shape, *x.shape[1:]), y.index_select(0, flat).view(idx.shape)
-        return stack_batches([next(s) for s in self.streams])
+        batch = stack_batches([next(s) for s in self.streams])
+        if self.device.type == "cpu":
+            return batch
+        if batch is None:
+            raise ValueError(f"{type(self.tasks[0]).__name__} keeps its data to itself (its batches are None), so its "
+                             f"episodes can only run on the CPU, not on {self.device}")
+        return tuple(b.to(self.device) for b in batch) if isinstance(batch, tuple) else batch.to(self.device)
 
     def clone(self) -> BatchedEpisode:
         """An independent copy (same tasks; generator states copied, so the same batches follow)."""
@@ -97,7 +109,8 @@ class BatchedEpisode:
             h.set_state(g.get_state())
             gens.append(h)
         return BatchedEpisode(self.tasks, dict(self.params), {k: dict(v) for k, v in self.state.items()}, self.step,
-                              self.horizon, self.initial_loss, gens, [t.batches(h) for t, h in zip(self.tasks, gens)])
+                              self.horizon, self.initial_loss, gens, [t.batches(h) for t, h in zip(self.tasks, gens)],
+                              self.device, self._data)
 
 
 def _shared_minibatch_data(tasks: list[Task]):
@@ -121,19 +134,19 @@ def start_episode(rule: LearnedRule, tasks: list[Task], seeds: list[int], horizo
     """Initialise ``tasks`` (instance ``i`` seeded by ``seeds[i]``) for a ``horizon``-step episode.
 
     ``dtype`` casts the initial parameters (e.g. float64 for gradient checks; the task's data
-    must have the same dtype).
+    must have the same dtype). The episode runs on the device of the rule's parameters.
     """
     if len(tasks) != len(seeds) or not tasks:
         raise ValueError(f"need one seed per task and at least one task, got {len(tasks)} tasks and {len(seeds)} seeds")
+    device = next((p.device for p in rule.parameters()), torch.device("cpu"))
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     params = stack_dicts([t.init_params(g) for t, g in zip(tasks, gens)])
-    if dtype is not None:
-        params = {k: v.to(dtype) for k, v in params.items()}
+    params = {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
     init_batched = getattr(rule, "init_state_batched", None)
     # A coordinatewise rule without per-tensor statistics treats the task axis like any other.
     state = init_batched(params, batch_dims=1) if init_batched else rule.init_state(params)
     streams = [t.batches(g) for t, g in zip(tasks, gens)]
-    episode = BatchedEpisode(tasks, params, state, 0, int(horizon), torch.ones(len(tasks)), gens, streams)
+    episode = BatchedEpisode(tasks, params, state, 0, int(horizon), torch.ones(len(tasks)), gens, streams, device)
     with torch.no_grad():
         episode.initial_loss = batched_loss_fn(tasks[0])(params, episode.next_batch()).detach().clamp_min(1e-8)
     return episode

@@ -45,6 +45,12 @@ def load_flat(module: nn.Module, vector: Tensor) -> None:
         torch.nn.utils.vector_to_parameters(vector.to(next(module.parameters()).dtype), list(module.parameters()))
 
 
+def _noise(generator: torch.Generator, pairs: int, theta: Tensor) -> Tensor:
+    """(pairs, D) standard normals drawn on the generator's device (the CPU) and moved to
+    ``theta``'s: the same perturbations whichever device the meta-parameters live on."""
+    return torch.randn(pairs, theta.numel(), generator=generator, dtype=theta.dtype).to(theta.device)
+
+
 def _check(sigma: float, pairs: int) -> None:
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -67,7 +73,7 @@ def antithetic_es(objective: BatchObjective, theta: Tensor, sigma: float, pairs:
         The (D,) gradient estimate and the mean loss over the 2N particles.
     """
     _check(sigma, pairs)
-    eps = torch.randn(pairs, theta.numel(), generator=generator, dtype=theta.dtype) * sigma
+    eps = _noise(generator, pairs, theta) * sigma
     losses = objective(torch.cat([theta + eps, theta - eps]))
     diff = losses[:pairs] - losses[pairs:]
     grad = (eps * diff.unsqueeze(1)).sum(0) / (2.0 * pairs * sigma**2)
@@ -113,8 +119,8 @@ class PES:
         """
         if self.xi is None:
             raise RuntimeError("PES.step called before PES.reset")
-        eps = torch.randn(self.pairs, theta.numel(), generator=generator, dtype=theta.dtype) * self.sigma
-        self.xi = self.xi + eps
+        eps = _noise(generator, self.pairs, theta) * self.sigma
+        self.xi = self.xi.to(theta.device) + eps
         losses, self.states = truncation(torch.cat([theta + eps, theta - eps]), self.states)
         diff = losses[: self.pairs] - losses[self.pairs:]
         grad = (self.xi * diff.unsqueeze(1)).sum(0) / (2.0 * self.pairs * self.sigma**2)
