@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
     python benchmarks/gpu_check.py --device cpu --rounds 2 --out /tmp/gpu_check_cpu.json   # dry run
+    python benchmarks/gpu_check.py --only learned_step_time_1M --out /tmp/learned.json        # one section
 """
 
 from __future__ import annotations
@@ -254,6 +255,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu_check.json"))
+    parser.add_argument("--only", default=None, help="comma-separated section names (default: all)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: nothing to check (use --device cpu for a dry run)", file=sys.stderr)
@@ -267,6 +269,12 @@ def main(argv=None) -> int:
                 ("step_time_2_7M", lambda d: optimizer_speed(d, args.rounds, args.steps)),
                 ("learned_step_time_1M", lambda d: learned_speed(d, args.rounds, max(1, args.steps // 5))),
                 ("meta_training_vs_cpu", meta_training_vs_cpu), ("meta_training_throughput", meta_training_speed)]
+    if args.only is not None:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {name for name, _ in sections}
+        if unknown:
+            parser.error(f"unknown sections {sorted(unknown)}; there are {[name for name, _ in sections]}")
+        sections = [(name, fn) for name, fn in sections if name in wanted]
     for name, fn in sections:
         start = time.perf_counter()
         try:

@@ -179,13 +179,34 @@ def test_small_tensors_stepped_together_match_one_by_one(tensor_features):
             grads = {k: torch.randn(v.shape, generator=grad_gen, dtype=torch.float64) for k, v in params.items()}
             if t == 0:
                 del grads["1"]  # tensor 1 misses a step: its step count lags the others'
-            rule.update_(grads, state, params, lr={"3": 0.5}, fused=fused)
+            # lr changes from step to step (as under a scheduler): no stale learning rate is reused
+            rule.update_(grads, state, params, lr={"3": 0.5 + 0.1 * t, "4": 2.0 - 0.3 * t}, fused=fused)
         runs[fused] = params, state
     for k in runs[False][0]:
         torch.testing.assert_close(runs[True][0][k], runs[False][0][k], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(runs[True][1][k]["m"], runs[False][1][k]["m"])
         assert int(runs[True][1][k]["step"]) == int(runs[False][1][k]["step"]) == (3 if k == "1" else 4)
     assert float((runs[True][0]["0"] - start[0]).abs().max()) > 1e-3
+
+
+def test_steps_make_no_tensors_from_python_numbers_once_warm(monkeypatch):
+    """On a GPU, a tensor made from Python numbers is a host-to-device copy that waits for the
+    queued kernels: after the first step, the deployment step reuses the ones it made."""
+    rule = _trained_like(MLPRule(hidden=8))
+    rule.fast_threshold, rule.fast_chunk = 10, 64
+    gen = torch.Generator().manual_seed(3)
+    params = {"w": torch.randn(20, 10, generator=gen), "b": torch.randn(5, generator=gen), "c": torch.randn(3, generator=gen)}
+    state = rule.init_state(params)
+    grads = {k: torch.randn(v.shape, generator=gen) for k, v in params.items()}
+    for fused in (False, True):
+        rule.update_(grads, state, params, lr={"w": 0.5}, fused=fused)
+        made = []
+        real = torch.tensor
+        monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+        for _ in range(3):
+            rule.update_(grads, state, params, lr={"w": 0.5}, fused=fused)
+        monkeypatch.setattr(torch, "tensor", real)
+        assert made == [], (fused, made)
 
 
 def test_fused_needs_a_rule_with_a_fused_step():

@@ -15,6 +15,7 @@ coordinate. See ``docs/methods/mlp_lopt.md`` for the equations, defaults and dev
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -232,8 +233,10 @@ class MLPRule(LearnedRule):
         sizes = [p.numel() for p in ps]
         count, nb = len(items), len(self.betas)
         dtype, device = sts[0]["v"].dtype, ps[0].device  # the work dtype (``update_``)
-        seg = torch.repeat_interleave(torch.arange(count, device=device), torch.tensor(sizes, device=device))
-        numel = torch.tensor(sizes, dtype=dtype, device=device)
+        seg, numel = self._constant(("segments", tuple(sizes), dtype, device), lambda: (
+            torch.repeat_interleave(torch.arange(count, device=device), torch.tensor(sizes, device=device),
+                                    output_size=sum(sizes)),
+            torch.tensor(sizes, dtype=dtype, device=device)))
         g = torch.cat([x.reshape(-1).to(dtype) for x in gs])
         p = torch.cat([x.reshape(-1).to(dtype) for x in ps])
         beta = self.beta_vec.to(dtype).unsqueeze(1)
@@ -252,7 +255,8 @@ class MLPRule(LearnedRule):
             for lin in self.hidden_stack:
                 h = torch.relu(torch.addmm(lin.bias.unsqueeze(1), lin.weight, h))
             h = torch.addmm(self.head.bias.unsqueeze(1), self.head.weight, h)
-        lr = torch.tensor(lrs, dtype=dtype, device=device)[seg]
+        lr = self._constant(("lr", lrs, tuple(sizes), dtype, device),
+                            lambda: torch.tensor(lrs, dtype=dtype, device=device)[seg])
         new_p = p - (self.step_mult * lr) * h[0] * torch.exp(self.exp_mult * h[1])
         for i, (new_pi, m_i, v_i) in enumerate(zip(new_p.split(sizes), m.split(sizes, dim=1), v.split(sizes))):
             ps[i].copy_(new_pi.view(ps[i].shape))
@@ -265,6 +269,18 @@ class MLPRule(LearnedRule):
         m, v, new_p = torch.empty_like(st["m"]), torch.empty_like(st["v"]), torch.empty_like(p)
         self._fast_step(p, g, st["m"], st["v"], st["step"], new_p, m, v, 1.0)
         return new_p, {"m": m, "v": v, "step": st["step"] + 1}
+
+    def _constant(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """Small tensors made from Python numbers (segment indices, learning rates), kept by value:
+        made on a GPU at every step, each would be a host-to-device copy that waits for the
+        kernels already queued."""
+        cache = self.__dict__.setdefault("_constants", {})
+        value = cache.get(key)
+        if value is None:
+            if len(cache) >= 64:  # e.g. a learning rate that a scheduler changes at every step
+                cache.clear()
+            value = cache[key] = build()
+        return value
 
     def _workspace(self, dtype: torch.dtype, device: torch.device, chunk: int) -> dict[str, Tensor]:
         """Buffers of the deployment path, allocated once per (dtype, device, chunk) and reused."""
@@ -352,7 +368,8 @@ class MLPRule(LearnedRule):
         w_in = self.coord_in.weight * scale
         bias = (self.coord_in.bias + self.global_in(self._global_features(step, scale, dtype))).unsqueeze(1)
         # Output rows pre-multiplied: row 0 by step_mult * lr (the step), row 1 by exp_mult.
-        out_mult = torch.tensor([[self.step_mult * lr], [self.exp_mult]], dtype=dtype, device=device)
+        out_mult = self._constant(("out_mult", self.step_mult * lr, self.exp_mult, dtype, device), lambda: torch.tensor(
+            [[self.step_mult * lr], [self.exp_mult]], dtype=dtype, device=device))
         if self.head is None:
             w_in, bias = w_in * out_mult, bias * out_mult
         else:
