@@ -19,6 +19,10 @@ class CompiledOnce:
     eager path instead (compiling failed, or the caller is itself being traced by
     ``torch.compile``, which then traces the eager path inline).
 
+    A failure is remembered for calls of the same kind only (the dtype, device type and rank of
+    each tensor argument), so that one shape the compiler cannot handle does not turn the fused
+    path off for the others; the first failure warns, later ones do not.
+
     Args:
         fn: the function to compile (its return value is discarded: it writes its outputs).
         what: how the warning names the feature, e.g. ``"SGLD(noise='philox')"``.
@@ -27,19 +31,28 @@ class CompiledOnce:
     def __init__(self, fn: Callable[..., object], what: str):
         self.fn, self.what = fn, what
         self._compiled: Callable[..., object] | None = None
-        self.failed = False
+        self._failed_kinds: set[tuple] = set()
+
+    @property
+    def failed(self) -> bool:
+        """True once a call has fallen back to the eager path."""
+        return bool(self._failed_kinds)
 
     def __call__(self, *args) -> bool:
-        if self.failed or torch.compiler.is_compiling():
+        if torch.compiler.is_compiling():
+            return False
+        kind = tuple((a.dtype, a.device.type, a.dim()) for a in args if isinstance(a, torch.Tensor))
+        if kind in self._failed_kinds:
             return False
         if self._compiled is None:
             self._compiled = torch.compile(self.fn, dynamic=True)
         try:
             self._compiled(*args)
-        except Exception as error:  # no working compiler: the eager path gives the same numbers
-            self.failed = True
-            warnings.warn(f"{self.what} could not compile its fused step ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0][:200] if str(error) else ''}); running it eagerly, "
-                          "which is slower", RuntimeWarning, stacklevel=3)
+        except Exception as error:  # e.g. no working compiler: the eager path gives the same numbers
+            if not self._failed_kinds:
+                warnings.warn(f"{self.what} could not compile its fused step ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:200] if str(error) else ''}); running it eagerly, "
+                              "which is slower", RuntimeWarning, stacklevel=3)
+            self._failed_kinds.add(kind)
             return False
         return True
