@@ -1,7 +1,7 @@
 """Step time of the deployed L2L LSTM optimizer, as a ratio to torch.optim.Adam in the same run.
 
-Each model gets fixed random gradients; ``LearnedOptimizer`` (the coordinatewise 2x20 LSTM,
-every coordinate of every tensor in one batched call) and ``torch.optim.Adam`` (default
+Each model gets fixed random gradients; ``LearnedOptimizer`` (the coordinatewise 2x20 LSTM, its
+in-place step over chunks of 8,192 coordinates) and ``torch.optim.Adam`` (default
 settings) step it in interleaved rounds, single-threaded, so load from other processes hits
 both alike; the median over rounds is kept.
 

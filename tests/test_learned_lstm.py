@@ -109,6 +109,48 @@ def test_learned_optimizer_matches_the_functional_rule():
     assert torch.allclose(opt.state[param]["h"], state["w"]["h"], atol=1e-6)
 
 
+@pytest.mark.parametrize(("dtype", "chunk"), [(torch.float32, 7), (torch.float64, 7), (torch.float32, None)])
+def test_in_place_chunked_step_equals_the_functional_step(dtype, chunk):
+    """LSTMRule.update_ (what LearnedOptimizer runs) takes the coordinate stream a chunk at a
+    time, chunks crossing tensor boundaries: the numbers of update(), bit for bit when the
+    stream is one chunk (the default size here), up to float rounding otherwise."""
+    torch.manual_seed(2)
+    rule = LSTMRule().to(dtype)
+    if chunk is not None:
+        rule.fast_chunk = chunk
+    same = torch.equal if chunk is None else (lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+                                                 if dtype == torch.float32 else torch.allclose(a, b, rtol=1e-12, atol=1e-14))
+    gen = torch.Generator().manual_seed(3)
+    shapes = {"a": (1,), "b": (5,), "frozen": (4,), "c": (3, 5), "empty": (0, 3), "d": (20,)}
+    start = {k: torch.randn(s, generator=gen, dtype=dtype) for k, s in shapes.items()}
+    functional, live = dict(start), {k: v.clone() for k, v in start.items()}
+    f_state, l_state = rule.init_state(start), rule.init_state(start)
+    for _ in range(4):
+        grads = {k: torch.randn(v.shape, generator=gen, dtype=dtype) for k, v in start.items() if k != "frozen"}
+        with torch.no_grad():
+            stepped = {k: v for k, v in functional.items() if k in grads}
+            new, new_state = rule.update(grads, {k: f_state[k] for k in stepped}, stepped)
+        functional.update(new)
+        f_state.update(new_state)
+        rule.update_(grads, l_state, live)
+    for k in shapes:
+        assert same(live[k], functional[k]), k
+        assert same(l_state[k]["h"], f_state[k]["h"]) and same(l_state[k]["c"], f_state[k]["c"]), k
+    assert torch.equal(live["frozen"], start["frozen"])
+    assert float((live["d"] - start["d"]).abs().max()) > 1e-3  # the comparison is not of unmoved tensors
+
+
+def test_in_place_step_lr_scales_the_step_as_learned_optimizer_did():
+    rule = LSTMRule()
+    gen = torch.Generator().manual_seed(4)
+    p0 = torch.randn(30, generator=gen)
+    grads = {"w": torch.randn(30, generator=gen)}
+    full, half = {"w": p0.clone()}, {"w": p0.clone()}
+    rule.update_(grads, rule.init_state(full), full)
+    rule.update_(grads, rule.init_state(half), half, lr={"w": 0.5})
+    torch.testing.assert_close(half["w"] - p0, 0.5 * (full["w"] - p0))
+
+
 def test_state_dict_round_trip_continues_identically():
     torch.manual_seed(0)
     rule = LSTMRule()

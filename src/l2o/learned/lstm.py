@@ -13,7 +13,8 @@ with p = 10, and the update is a linear read-out of the top LSTM layer times 0.1
     theta_{t+1} = theta_t + 0.1 * W_out h_t
 
 All coordinates of all tensors go through the LSTM as one batch (one fused ``lstm_cell`` call
-per layer per step), which is what makes meta-training fast.
+per layer per step), which is what makes meta-training fast. Deployed (``LearnedOptimizer``),
+the same computation runs in place on cache-sized chunks of that batch (:meth:`LSTMRule.update_`).
 """
 
 from __future__ import annotations
@@ -114,6 +115,77 @@ class LSTMRule(LearnedRule):
             x = h_l
         delta = self.readout(x).squeeze(-1) * self.output_scale
         return delta, torch.stack(new_h, 1), torch.stack(new_c, 1)
+
+    #: coordinates per chunk of the in-place deployment step on the CPU: the gates and hidden
+    #: states of a chunk (about 250 numbers per coordinate) stay in the cache, where the whole
+    #: batch of a large model (gigabytes) would stream through memory several times per step.
+    fast_chunk: int = 8192
+
+    @torch.no_grad()
+    def update_(self, grads: ParamDict, state: StateDict, params: ParamDict,
+                lr: dict[str, float] | None = None) -> None:
+        """The step of :meth:`update` done in place (deployment; no autograd).
+
+        The coordinates of all tensors with a gradient form one stream, as in :meth:`update`,
+        taken ``fast_chunk`` at a time: each chunk's new hidden and cell states are written into
+        ``state``, and its steps into ``params``. When the stream fits in one chunk (every task of
+        the ``small`` benchmark suite) the arithmetic is exactly that of :meth:`update`; otherwise
+        the results agree up to float rounding (a matrix product over fewer rows may round
+        differently). ``lr[name]`` scales a tensor's step as ``LearnedOptimizer`` does with
+        out-of-place rules.
+        """
+        names = [n for n in params if grads.get(n) is not None and params[n].numel() > 0]
+        if not names:
+            return
+        dtype = next(self.parameters()).dtype
+        for n in names:  # states may come back from a state_dict in another dtype
+            for key in ("h", "c"):
+                if state[n][key].dtype != dtype or not state[n][key].is_contiguous():
+                    state[n][key] = state[n][key].to(dtype).contiguous()
+        # Coordinate ranges of the stream, then the pieces of each chunk: (tensor index, lo, hi).
+        sizes = [params[n].numel() for n in names]
+        bounds = [0]
+        for size in sizes:
+            bounds.append(bounds[-1] + size)
+        grad_flat = [grads[n].reshape(-1) for n in names]
+        h_flat = [state[n]["h"] for n in names]
+        c_flat = [state[n]["c"] for n in names]
+        deltas = [torch.empty(size, dtype=dtype, device=params[n].device) for n, size in zip(names, sizes)]
+        # On a GPU the step is launch-bound, not memory-bound: the whole stream is one chunk there.
+        chunk = self.fast_chunk if params[names[0]].device.type == "cpu" else bounds[-1]
+        t = 0
+        for start in range(0, bounds[-1], chunk):
+            stop = min(start + chunk, bounds[-1])
+            pieces = []
+            while bounds[t + 1] <= start:
+                t += 1
+            i = t
+            while i < len(names) and bounds[i] < stop:
+                pieces.append((i, max(start, bounds[i]) - bounds[i], min(stop, bounds[i + 1]) - bounds[i]))
+                i += 1
+            if len(pieces) == 1:
+                i, lo, hi = pieces[0]
+                g, h, c = grad_flat[i][lo:hi].to(dtype), h_flat[i][lo:hi], c_flat[i][lo:hi]
+            else:
+                g = torch.cat([grad_flat[i][lo:hi].to(dtype) for i, lo, hi in pieces])
+                h = torch.cat([h_flat[i][lo:hi] for i, lo, hi in pieces])
+                c = torch.cat([c_flat[i][lo:hi] for i, lo, hi in pieces])
+            delta, new_h, new_c = self.step_flat(g, h, c)
+            offset = 0
+            for i, lo, hi in pieces:
+                width = hi - lo
+                h_flat[i][lo:hi] = new_h[offset:offset + width]
+                c_flat[i][lo:hi] = new_c[offset:offset + width]
+                deltas[i][lo:hi] = delta[offset:offset + width]
+                offset += width
+        for n, d in zip(names, deltas):
+            p = params[n]
+            new_p = p + d.reshape(p.shape).to(p.dtype)  # as update() and LearnedOptimizer compute it
+            scale = 1.0 if lr is None else float(lr.get(n, 1.0))
+            if scale == 1.0:
+                p.copy_(new_p)
+            else:
+                p.add_(new_p - p, alpha=scale)
 
     def update(self, grads: ParamDict, state: StateDict, params: ParamDict) -> tuple[ParamDict, StateDict]:
         names = list(params)
