@@ -9,8 +9,8 @@ Correctness (on ``--device``, float32 unless said):
   mean and variance of a million normals;
 - ``torch.compile(HAdam.step)`` against the eager step;
 - the learned optimizers (``mlp-general`` on the 1M-parameter model of ``mlp_lopt.py``, unfused
-  and with ``fused=True``, ``l2l-digits`` on a small one): three steps on the device against the
-  same (unfused) steps on the CPU;
+  and with ``fused=True``, ``l2l-digits`` on a small one and on the 1M-parameter one, where the
+  CPU steps it in chunks): three steps on the device against the same (unfused) steps on the CPU;
 - meta-training (``GeneralTrainer``, each estimator, 10 outer steps) on the device against the CPU.
 
 Speed: each optimizer's ``step()`` on the 50 tensors of ``step_time.py`` (2.7M parameters), as
@@ -129,7 +129,7 @@ def learned_vs_cpu(device) -> dict:
         return torch.nn.Linear(64, 10).to(dev)
 
     cases = (("mlp-general", one_million_model, {}), ("mlp-general fused=True", one_million_model, {"fused": True}),
-             ("l2l-digits", small_model, {}))
+             ("l2l-digits", small_model, {}), ("l2l-digits 1M", one_million_model, {}))
     for label, make, options in cases:
         name = label.split()[0]
         finals = []
