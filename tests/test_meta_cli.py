@@ -145,6 +145,13 @@ def test_device_that_is_not_there_is_refused(tmp_path, capsys):
     assert not (tmp_path / "c").exists() and not (tmp_path / "g").exists()  # refused before anything is written
 
 
+def test_cuda_device_index_beyond_the_machines_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["meta", "train", *TINY, "--device", "cuda:3", "--steps", "1", "--out", str(tmp_path / "c")]) == 2
+    assert "has 1 CUDA device(s)" in capsys.readouterr().err
+
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_train_on_cuda_then_resume_on_the_cpu(tmp_path, capsys):
