@@ -71,7 +71,8 @@ def register(subparsers) -> None:
     train.add_argument("--val-steps", type=int, default=200)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    train.add_argument("--device", default="cpu", help="where the rule and the optimizees run, e.g. cuda (default cpu)")
+    train.add_argument("--device", default="cpu", help="where the rule and the optimizees run, e.g. cuda (default cpu); a GPU pays "
+                       "off with a large --batch, e.g. 64 (docs/gpu.md)")
     train.add_argument("--out", required=True, help="output directory (checkpoints, weights.safetensors + card)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
