@@ -55,6 +55,24 @@ def preprocess_gradients(grads: Tensor, p: float = 10.0) -> Tensor:
     return torch.stack([log_part, sign_part], dim=-1)
 
 
+def _stream_chunks(sizes: list[int], chunk: int):
+    """For the tensors of ``sizes`` laid end to end, each ``chunk``-long window as its pieces
+    ``(tensor index, lo, hi)`` (coordinates ``lo:hi`` of that tensor)."""
+    bounds = [0]
+    for size in sizes:
+        bounds.append(bounds[-1] + size)
+    first = 0
+    for start in range(0, bounds[-1], chunk):
+        stop = min(start + chunk, bounds[-1])
+        while bounds[first + 1] <= start:
+            first += 1
+        pieces, i = [], first
+        while i < len(sizes) and bounds[i] < stop:
+            pieces.append((i, max(start, bounds[i]) - bounds[i], min(stop, bounds[i + 1]) - bounds[i]))
+            i += 1
+        yield pieces
+
+
 class LSTMRule(LearnedRule):
     """Coordinatewise LSTM update rule (the paper's optimizer ``m``).
 
@@ -142,27 +160,14 @@ class LSTMRule(LearnedRule):
             for key in ("h", "c"):
                 if state[n][key].dtype != dtype or not state[n][key].is_contiguous():
                     state[n][key] = state[n][key].to(dtype).contiguous()
-        # Coordinate ranges of the stream, then the pieces of each chunk: (tensor index, lo, hi).
         sizes = [params[n].numel() for n in names]
-        bounds = [0]
-        for size in sizes:
-            bounds.append(bounds[-1] + size)
         grad_flat = [grads[n].reshape(-1) for n in names]
         h_flat = [state[n]["h"] for n in names]
         c_flat = [state[n]["c"] for n in names]
         deltas = [torch.empty(size, dtype=dtype, device=params[n].device) for n, size in zip(names, sizes)]
         # On a GPU the step is launch-bound, not memory-bound: the whole stream is one chunk there.
-        chunk = self.fast_chunk if params[names[0]].device.type == "cpu" else bounds[-1]
-        t = 0
-        for start in range(0, bounds[-1], chunk):
-            stop = min(start + chunk, bounds[-1])
-            pieces = []
-            while bounds[t + 1] <= start:
-                t += 1
-            i = t
-            while i < len(names) and bounds[i] < stop:
-                pieces.append((i, max(start, bounds[i]) - bounds[i], min(stop, bounds[i + 1]) - bounds[i]))
-                i += 1
+        chunk = self.fast_chunk if params[names[0]].device.type == "cpu" else sum(sizes)
+        for pieces in _stream_chunks(sizes, chunk):
             if len(pieces) == 1:
                 i, lo, hi = pieces[0]
                 g, h, c = grad_flat[i][lo:hi].to(dtype), h_flat[i][lo:hi], c_flat[i][lo:hi]

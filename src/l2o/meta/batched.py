@@ -75,7 +75,9 @@ class BatchedEpisode:
     generators: list[torch.Generator]
     streams: list[Iterator[Any]] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    _data: tuple | None = field(default=None, repr=False)  # the shared training tensors, on ``device``
+    # (x, y, n, batch size) of the training data all instances share, on ``device``; () when they
+    # share none; None until the first batch.
+    _data: tuple | None = field(default=None, repr=False)
 
     @property
     def done(self) -> bool:
@@ -84,11 +86,10 @@ class BatchedEpisode:
     def next_batch(self) -> Any:
         if self._data is None:
             shared = _shared_minibatch_data(self.tasks)
-            self._data = (False,) if shared is None else (True, shared[0].to(self.device), shared[1].to(self.device),
-                                                           *shared[2:])
-        if self._data[0]:
+            self._data = () if shared is None else (shared[0].to(self.device), shared[1].to(self.device), *shared[2:])
+        if self._data:
             # Same draws as SupervisedTask.batches, but one gather for the whole batch of tasks.
-            _, x, y, n, size = self._data
+            x, y, n, size = self._data
             idx = torch.stack([torch.randint(0, n, (size,), generator=g) for g in self.generators])
             # index_select on the flat indices: the same rows as x[idx], several times faster on the CPU
             flat = idx.view(-1).to(self.device)
