@@ -265,6 +265,39 @@ def test_batch_dims_normalizes_per_task(tensor_features):
             torch.testing.assert_close(new_stacked["w"][i], new_single["w"])
 
 
+@pytest.mark.parametrize(("hidden_layers", "tensor_features"), [(0, False), (1, False), (1, True), (2, True)])
+def test_grouped_batched_update_matches_the_per_tensor_one(hidden_layers, tensor_features):
+    """On a GPU a batched update steps all tensors in one pass (``grouped_devices``): the same
+    equations, tensor by tensor, as the per-tensor passes, and the same gradients for the rule."""
+    rule = _trained_like(MLPRule(hidden=8, hidden_layers=hidden_layers, tensor_features=tensor_features),
+                         seed=hidden_layers).double()
+    gen = torch.Generator().manual_seed(7)
+    shapes = {"w": (5, 6), "b": (5,), "scalar": (), "frozen": (3,), "empty": (0, 2), "conv": (2, 3, 2, 2)}
+    params = {k: torch.randn(3, *s, generator=gen, dtype=torch.float64) * (10.0 if k == "b" else 1.0)
+              for k, s in shapes.items()}
+    grads = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items() if k != "frozen"}
+    state = rule.init_state_batched(params)
+    state["b"]["step"] = state["b"]["step"] + 5  # tensors at different step counts
+    runs = {}
+    for grouped in (False, True):
+        rule.grouped_devices = frozenset({"cpu"}) if grouped else frozenset()
+        rule.zero_grad()
+        with torch.enable_grad():
+            new_p, new_s = rule.update(grads, state, params, batch_dims=1)
+            new_p2, _ = rule.update(grads, new_s, new_p, batch_dims=1)  # a second step from the first's state
+            sum(v.square().sum() for v in new_p2.values()).backward()
+        runs[grouped] = new_p2, new_s, [q.grad.clone() for q in rule.parameters()]
+    (p_a, s_a, g_a), (p_b, s_b, g_b) = runs[False], runs[True]
+    for k in shapes:
+        torch.testing.assert_close(p_b[k], p_a[k], rtol=1e-10, atol=1e-12)
+        for key in ("m", "v", "step"):
+            torch.testing.assert_close(s_b[k][key], s_a[k][key], rtol=1e-10, atol=1e-12)
+    assert torch.equal(p_b["frozen"], params["frozen"]) and int(s_b["b"]["step"]) == 6
+    for a, b in zip(g_a, g_b):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    assert float((p_b["w"] - params["w"]).detach().abs().max()) > 1e-4  # the comparison is not of unmoved tensors
+
+
 def test_frozen_and_empty_parameters():
     rule = MLPRule()
     params = {"a": torch.randn(3), "frozen": torch.randn(2), "empty": torch.zeros(0)}

@@ -139,6 +139,9 @@ class MLPRule(LearnedRule):
         """
         if batch_dims not in (0, 1):
             raise ValueError(f"batch_dims must be 0 or 1, got {batch_dims}")
+        first = next(iter(params.values()), None)
+        if batch_dims == 1 and first is not None and first.device.type in self.grouped_devices:
+            return self._update_grouped(grads, state, params)
         new_params, new_state = {}, {}
         for name, p in params.items():
             g = grads.get(name)
@@ -149,6 +152,63 @@ class MLPRule(LearnedRule):
                 new_params[name], new_state[name] = self._update_tensor_fast(p, g, state[name])
             else:
                 new_params[name], new_state[name] = self._update_tensor(p, g, state[name], batch_dims)
+        return new_params, new_state
+
+    #: device types on which a batched update (``batch_dims=1``, meta-training) steps all tensors
+    #: in one pass (:meth:`_update_grouped`) instead of one pass per tensor. A GPU is bound by
+    #: kernel launches there, and one pass doubled meta-training throughput for 8 digits-MLP tasks
+    #: on an H200; on the CPU the per-coordinate gathers it needs cost more than they save.
+    grouped_devices: frozenset[str] = frozenset({"cuda"})
+
+    def _update_grouped(self, grads: ParamDict, state: StateDict, params: ParamDict) -> tuple[ParamDict, StateDict]:
+        """:meth:`update` with ``batch_dims=1``, every tensor with a gradient in one pass: the
+        tensors' coordinates laid end to end, each tensor's feature statistics summed by segment
+        (per task), its features divided by its own RMS, and its progress (its own step count)
+        and, with ``tensor_features``, scale features in its coordinates' first-layer bias. The
+        equations of :meth:`_update_tensor`, tensor by tensor, up to float rounding (tested)."""
+        new_params, new_state = dict(params), dict(state)  # tensors without a gradient keep theirs
+        names = []
+        for n, p in params.items():
+            if grads.get(n) is None:
+                continue
+            if p[0].numel() == 0:  # nothing to group; its step count still advances
+                new_params[n], new_state[n] = self._update_tensor(p, grads[n], state[n], 1)
+            else:
+                names.append(n)
+        if not names:
+            return new_params, new_state
+        first = params[names[0]]
+        tasks, dtype, device, nb = first.shape[0], first.dtype, first.device, len(self.betas)
+        sizes = [params[n][0].numel() for n in names]
+        g = torch.cat([grads[n].reshape(tasks, 1, -1) for n in names], dim=-1)
+        p = torch.cat([params[n].reshape(tasks, 1, -1) for n in names], dim=-1)
+        beta = self.beta_vec.to(dtype).view(1, nb, 1)
+        m = torch.cat([state[n]["m"].reshape(tasks, nb, -1) for n in names], dim=-1) * beta + g * (1.0 - beta)
+        v = torch.cat([state[n]["v"].reshape(tasks, 1, -1) for n in names], dim=-1) * self.rms_beta \
+            + g.square() * (1.0 - self.rms_beta)
+        steps = torch.stack([state[n]["step"] for n in names]) + 1  # (tensors,)
+        r = torch.rsqrt(v + self.eps)
+        feats = torch.cat([g, m, v.sqrt(), p, g * r, m * r], dim=1)  # (tasks, F, coordinates)
+        seg, numel = self._constant(("segments", tuple(sizes), dtype, device), lambda: (
+            torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device),
+                                    output_size=sum(sizes)),
+            torch.tensor(sizes, dtype=dtype, device=device)))
+        sumsq = feats.new_zeros(tasks, feats.shape[1], len(sizes)).index_add(2, seg, feats.square())
+        scale = torch.rsqrt(sumsq / numel + self.eps)  # (tasks, F, tensors)
+        x = feats * scale[..., seg]
+        glob = self._global_features(steps.unsqueeze(-1), scale.transpose(1, 2), dtype)  # (tensors|tasks, .., G)
+        bias = (self.coord_in.bias + self.global_in(glob)).transpose(-1, -2)[..., seg]  # (H, N) or (tasks, H, N)
+        h = torch.matmul(self.coord_in.weight, x) + bias
+        if self.head is not None:
+            h = torch.relu(h)
+            for lin in self.hidden_stack:
+                h = torch.relu(torch.matmul(lin.weight, h) + lin.bias.unsqueeze(-1))
+            h = torch.matmul(self.head.weight, h) + self.head.bias.unsqueeze(-1)
+        new_p = p[:, 0] - h[:, 0] * torch.exp(h[:, 1] * self.exp_mult) * self.step_mult
+        for i, (n, p_i, m_i, v_i) in enumerate(zip(names, new_p.split(sizes, -1), m.split(sizes, -1),
+                                                    v.split(sizes, -1))):
+            new_params[n] = p_i.reshape(params[n].shape)
+            new_state[n] = {"m": m_i.reshape(state[n]["m"].shape), "v": v_i.reshape(params[n].shape), "step": steps[i]}
         return new_params, new_state
 
     #: tensors with more coordinates than this take the deployment path when no gradient is
