@@ -26,6 +26,7 @@ does). Usage::
 
     python benchmarks/mlp_lopt.py                  # writes benchmarks/results/mlp_lopt.json
     python benchmarks/mlp_lopt.py --rounds 3 --out /tmp/quick.json
+    python benchmarks/mlp_lopt.py --only meta_training_throughput --grouped --out /tmp/grouped.json
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ print(before, after)
 """
 
 
+#: the parts of the benchmark, in the order they run (``--only``)
+PARTS = ("meta_training_memory", "meta_training_throughput", "step_time_1m", "step_time_many_tensors")
+
+
 def digits_tasks(count: int):
     from l2o.tasks.family import TaskConfig, build_task
 
@@ -79,13 +84,18 @@ def digits_tasks(count: int):
     return [build_task(config, seed) for seed in range(count)]
 
 
-def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int, device: str = "cpu") -> dict:
+def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int, device: str = "cpu",
+                    grouped: bool | None = None) -> dict:
     """Inner steps per second: batched vs looped, interleaved rounds, medians (``device``: where
-    the rule and the optimizees run; ``benchmarks/gpu_check.py`` passes cuda)."""
+    the rule and the optimizees run; ``benchmarks/gpu_check.py`` passes cuda). ``grouped``: step
+    all tensors of a task in one pass (True) or one pass per tensor (False) whatever the device;
+    None keeps the rule's default for the device (``MLPRule.grouped_devices``)."""
     from l2o.learned.mlp import MLPRule
     from l2o.meta.batched import batched_unroll, start_episode
 
     rule = MLPRule().to(device)
+    if grouped is not None:
+        rule.grouped_devices = frozenset({torch.device(device).type}) if grouped else frozenset()
     tasks = digits_tasks(batch)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
@@ -272,25 +282,32 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the throughput and step-time parts (default 1)")
+    parser.add_argument("--grouped", action="store_true",
+                        help="meta-training throughput with all tensors of a task in one pass of the rule "
+                             "(the default on a GPU only)")
+    parser.add_argument("--only", default=None, help=f"comma-separated parts (default: all): {','.join(PARTS)}")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mlp_lopt.json"))
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
+    parts = PARTS if args.only is None else args.only.split(",")
+    if set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(set(parts) - set(PARTS))}; there are {list(PARTS)}")
     torch.set_num_threads(args.threads)
     result = {"command": "python benchmarks/mlp_lopt.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
               "threads": args.threads}
-    print("peak memory ...", file=sys.stderr)
-    result["meta_training_memory"] = peak_memory(args.memory_steps)
-    print("meta-training throughput ...", file=sys.stderr)
-    result["meta_training_throughput"] = meta_throughput(8, 20, args.truncations, args.rounds)
-    print(json.dumps(result["meta_training_throughput"]), file=sys.stderr)
-    print("deployed step time ...", file=sys.stderr)
-    result["step_time_1m"] = step_times(args.rounds, args.steps)
-    print(json.dumps(result["step_time_1m"]), file=sys.stderr)
-    print("deployed step time, many small tensors ...", file=sys.stderr)
-    result["step_time_many_tensors"] = step_times_many_tensors(args.rounds, args.steps)
-    print(json.dumps(result["step_time_many_tensors"]), file=sys.stderr)
+    measurements = {
+        "meta_training_memory": lambda: peak_memory(args.memory_steps),
+        "meta_training_throughput": lambda: meta_throughput(8, 20, args.truncations, args.rounds,
+                                                            grouped=True if args.grouped else None),
+        "step_time_1m": lambda: step_times(args.rounds, args.steps),
+        "step_time_many_tensors": lambda: step_times_many_tensors(args.rounds, args.steps)}
+    for part in PARTS:
+        if part in parts:
+            print(f"{part} ...", file=sys.stderr)
+            result[part] = measurements[part]()
+            print(json.dumps(result[part]), file=sys.stderr)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
