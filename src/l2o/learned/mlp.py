@@ -161,11 +161,9 @@ class MLPRule(LearnedRule):
     grouped_devices: frozenset[str] = frozenset({"cuda"})
 
     def _update_grouped(self, grads: ParamDict, state: StateDict, params: ParamDict) -> tuple[ParamDict, StateDict]:
-        """:meth:`update` with ``batch_dims=1``, every tensor with a gradient in one pass: the
-        tensors' coordinates laid end to end, each tensor's feature statistics summed by segment
-        (per task), its features divided by its own RMS, and its progress (its own step count)
-        and, with ``tensor_features``, scale features in its coordinates' first-layer bias. The
-        equations of :meth:`_update_tensor`, tensor by tensor, up to float rounding (tested)."""
+        """:meth:`update` with ``batch_dims=1``, every tensor with a gradient in one pass
+        (:meth:`_grouped_pass`): the equations of :meth:`_update_tensor`, tensor by tensor, up to
+        float rounding (tested)."""
         new_params, new_state = dict(params), dict(state)  # tensors without a gradient keep theirs
         names = []
         for n, p in params.items():
@@ -178,25 +176,48 @@ class MLPRule(LearnedRule):
         if not names:
             return new_params, new_state
         first = params[names[0]]
-        tasks, dtype, device, nb = first.shape[0], first.dtype, first.device, len(self.betas)
+        tasks, nb = first.shape[0], len(self.betas)
         sizes = [params[n][0].numel() for n in names]
-        g = torch.cat([grads[n].reshape(tasks, 1, -1) for n in names], dim=-1)
-        p = torch.cat([params[n].reshape(tasks, 1, -1) for n in names], dim=-1)
-        beta = self.beta_vec.to(dtype).view(1, nb, 1)
-        m = torch.cat([state[n]["m"].reshape(tasks, nb, -1) for n in names], dim=-1) * beta + g * (1.0 - beta)
-        v = torch.cat([state[n]["v"].reshape(tasks, 1, -1) for n in names], dim=-1) * self.rms_beta \
-            + g.square() * (1.0 - self.rms_beta)
-        steps = torch.stack([state[n]["step"] for n in names]) + 1  # (tensors,)
-        r = torch.rsqrt(v + self.eps)
-        feats = torch.cat([g, m, v.sqrt(), p, g * r, m * r], dim=1)  # (tasks, F, coordinates)
-        seg, numel = self._constant(("segments", tuple(sizes), dtype, device), lambda: (
+        new_p, m, v, steps = self._grouped_pass(
+            torch.cat([grads[n].reshape(tasks, 1, -1) for n in names], dim=-1),
+            torch.cat([params[n].reshape(tasks, 1, -1) for n in names], dim=-1),
+            torch.cat([state[n]["m"].reshape(tasks, nb, -1) for n in names], dim=-1),
+            torch.cat([state[n]["v"].reshape(tasks, 1, -1) for n in names], dim=-1),
+            torch.stack([state[n]["step"] for n in names]), sizes)
+        for i, (n, p_i, m_i, v_i) in enumerate(zip(names, new_p.split(sizes, -1), m.split(sizes, -1),
+                                                    v.split(sizes, -1))):
+            new_params[n] = p_i.reshape(params[n].shape)
+            new_state[n] = {"m": m_i.reshape(state[n]["m"].shape), "v": v_i.reshape(params[n].shape), "step": steps[i]}
+        return new_params, new_state
+
+    def _segments(self, sizes: list[int], dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """For tensors of ``sizes`` laid end to end: each coordinate's tensor index, and the sizes."""
+        return self._constant(("segments", tuple(sizes), dtype, device), lambda: (
             torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device),
                                     output_size=sum(sizes)),
             torch.tensor(sizes, dtype=dtype, device=device)))
+
+    def _grouped_pass(self, g: Tensor, p: Tensor, m_prev: Tensor, v_prev: Tensor, steps: Tensor, sizes: list[int],
+                      lr: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One step of the tensors of ``sizes``, laid end to end along the last dimension, in one
+        pass: ``g``, ``p``, ``v_prev`` are (tasks, 1, N), ``m_prev`` (tasks, betas, N), ``steps``
+        each tensor's step count so far, ``lr`` an optional (N,) step multiplier. Each tensor's
+        feature statistics are summed by segment (per task), its features divided by its own RMS,
+        and its progress features (its own step count) and, with ``tensor_features``, scale
+        features go into its coordinates' first-layer bias. Returns the new parameters
+        (tasks, N), momenta, second moments and step counts."""
+        tasks, dtype, device, nb = p.shape[0], p.dtype, p.device, len(self.betas)
+        seg, numel = self._segments(sizes, dtype, device)
+        beta = self.beta_vec.to(dtype).view(1, nb, 1)
+        m = m_prev * beta + g * (1.0 - beta)
+        v = v_prev * self.rms_beta + g.square() * (1.0 - self.rms_beta)
+        steps = steps.to(dtype) + 1
+        r = torch.rsqrt(v + self.eps)
+        feats = torch.cat([g, m, v.sqrt(), p, g * r, m * r], dim=1)  # (tasks, F, N)
         sumsq = feats.new_zeros(tasks, feats.shape[1], len(sizes)).index_add(2, seg, feats.square())
         scale = torch.rsqrt(sumsq / numel + self.eps)  # (tasks, F, tensors)
         x = feats * scale[..., seg]
-        glob = self._global_features(steps.unsqueeze(-1), scale.transpose(1, 2), dtype)  # (tensors|tasks, .., G)
+        glob = self._global_features(steps.unsqueeze(-1), scale.transpose(1, 2), dtype)  # (tensors, G) or (tasks, ..)
         bias = (self.coord_in.bias + self.global_in(glob)).transpose(-1, -2)[..., seg]  # (H, N) or (tasks, H, N)
         h = torch.matmul(self.coord_in.weight, x) + bias
         if self.head is not None:
@@ -204,12 +225,8 @@ class MLPRule(LearnedRule):
             for lin in self.hidden_stack:
                 h = torch.relu(torch.matmul(lin.weight, h) + lin.bias.unsqueeze(-1))
             h = torch.matmul(self.head.weight, h) + self.head.bias.unsqueeze(-1)
-        new_p = p[:, 0] - h[:, 0] * torch.exp(h[:, 1] * self.exp_mult) * self.step_mult
-        for i, (n, p_i, m_i, v_i) in enumerate(zip(names, new_p.split(sizes, -1), m.split(sizes, -1),
-                                                    v.split(sizes, -1))):
-            new_params[n] = p_i.reshape(params[n].shape)
-            new_state[n] = {"m": m_i.reshape(state[n]["m"].shape), "v": v_i.reshape(params[n].shape), "step": steps[i]}
-        return new_params, new_state
+        step_size = self.step_mult if lr is None else self.step_mult * lr
+        return p[:, 0] - h[:, 0] * torch.exp(h[:, 1] * self.exp_mult) * step_size, m, v, steps
 
     #: tensors with more coordinates than this take the deployment path when no gradient is
     #: being recorded (smaller ones: the differentiable path, where per-op overhead dominates).
@@ -283,46 +300,28 @@ class MLPRule(LearnedRule):
 
         Per-tensor operations cost the same ~25 small kernels whatever the size, so a model with
         many biases and normalization weights would pay them once per tensor. Here the tensors
-        are concatenated, each one's normalization statistics are summed by segment
-        (``index_add_``), every coordinate's features are divided by its own tensor's RMS, and
-        the network runs once over all of them, with each tensor's progress features (its own
-        step count) in its coordinates' first-layer bias: the equations of :meth:`update`,
-        tensor by tensor (tested against a plain reference).
+        go through the network together (:meth:`_grouped_pass`), each with its own normalization,
+        step count and learning rate: the equations of :meth:`update`, tensor by tensor (tested
+        against the one-by-one step).
         """
         ps, gs, sts, lrs = zip(*items)
         sizes = [p.numel() for p in ps]
-        count, nb = len(items), len(self.betas)
+        nb = len(self.betas)
         dtype, device = sts[0]["v"].dtype, ps[0].device  # the work dtype (``update_``)
-        seg, numel = self._constant(("segments", tuple(sizes), dtype, device), lambda: (
-            torch.repeat_interleave(torch.arange(count, device=device), torch.tensor(sizes, device=device),
-                                    output_size=sum(sizes)),
-            torch.tensor(sizes, dtype=dtype, device=device)))
-        g = torch.cat([x.reshape(-1).to(dtype) for x in gs])
-        p = torch.cat([x.reshape(-1).to(dtype) for x in ps])
-        beta = self.beta_vec.to(dtype).unsqueeze(1)
-        m = torch.cat([st["m"].reshape(nb, -1) for st in sts], dim=1) * beta + g * (1.0 - beta)
-        v = torch.cat([st["v"].reshape(-1) for st in sts]) * self.rms_beta + g * g * (1.0 - self.rms_beta)
-        step = torch.stack([st["step"] for st in sts]).to(dtype) + 1
-        r = torch.rsqrt(v + self.eps)
-        feats = torch.cat([g[None], m, v.sqrt()[None], p[None], (g * r)[None], m * r])  # (F, N)
-        sumsq = torch.zeros(feats.shape[0], count, dtype=dtype, device=device).index_add_(1, seg, feats.square())
-        inv_rms = torch.rsqrt(sumsq / numel + self.eps)  # (F, tensors)
-        x = feats * inv_rms[:, seg]
-        bias = self.coord_in.bias + self.global_in(self._global_features(step.unsqueeze(1), inv_rms.T, dtype))  # (T, H)
-        h = torch.addmm(bias.T[:, seg], self.coord_in.weight, x)
-        if self.head is not None:
-            h = torch.relu(h)
-            for lin in self.hidden_stack:
-                h = torch.relu(torch.addmm(lin.bias.unsqueeze(1), lin.weight, h))
-            h = torch.addmm(self.head.bias.unsqueeze(1), self.head.weight, h)
+        seg, _ = self._segments(sizes, dtype, device)
         lr = self._constant(("lr", lrs, tuple(sizes), dtype, device),
                             lambda: torch.tensor(lrs, dtype=dtype, device=device)[seg])
-        new_p = p - (self.step_mult * lr) * h[0] * torch.exp(self.exp_mult * h[1])
-        for i, (new_pi, m_i, v_i) in enumerate(zip(new_p.split(sizes), m.split(sizes, dim=1), v.split(sizes))):
-            ps[i].copy_(new_pi.view(ps[i].shape))
+        new_p, m, v, steps = self._grouped_pass(
+            torch.cat([x.reshape(-1).to(dtype) for x in gs]).view(1, 1, -1),
+            torch.cat([x.reshape(-1).to(dtype) for x in ps]).view(1, 1, -1),
+            torch.cat([st["m"].reshape(nb, -1) for st in sts], dim=1).unsqueeze(0),
+            torch.cat([st["v"].reshape(-1) for st in sts]).view(1, 1, -1),
+            torch.stack([st["step"] for st in sts]), sizes, lr)
+        for i, (p_i, m_i, v_i) in enumerate(zip(new_p[0].split(sizes), m[0].split(sizes, dim=1), v[0, 0].split(sizes))):
+            ps[i].copy_(p_i.view(ps[i].shape))
             sts[i]["m"].copy_(m_i.view(sts[i]["m"].shape))
             sts[i]["v"].copy_(v_i.view(sts[i]["v"].shape))
-            sts[i]["step"] = step[i].to(sts[i]["step"].dtype).clone()  # its own tensor, not a view of step
+            sts[i]["step"] = steps[i].to(sts[i]["step"].dtype).clone()  # its own tensor, not a view of steps
 
     def _update_tensor_fast(self, p: Tensor, g: Tensor, st: dict[str, Tensor]):
         """Out-of-place deployment step (see :meth:`_fast_step`)."""
