@@ -100,6 +100,15 @@ def test_lstm_rule_trains_with_the_batched_trainer(tmp_path):
     assert load_rule(out / "weights.safetensors").kind == "lstm"
 
 
+def test_rule_feature_options_reach_the_saved_weights(tmp_path, capsys):
+    out = tmp_path / "ratios"
+    assert main(["meta", "train", *TINY, "--adam-ratios", "--steps", "2", "--val-every", "0", "--out", str(out)]) == 0
+    rule = load_rule(out / "weights.safetensors")
+    assert rule.adam_ratios and not rule.tensor_features
+    with pytest.raises(SystemExit, match="--adam-ratios applies to --optimizer mlp only"):
+        main(["meta", "train", *TINY, "--optimizer", "lstm", "--adam-ratios", "--steps", "1", "--out", str(tmp_path / "l")])
+
+
 def test_eval_prints_a_table_against_tuned_adam(tmp_path, capsys):
     rule = MLPRule(hidden=4)
     from l2o.learned.weights import save_rule

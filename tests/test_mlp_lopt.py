@@ -10,6 +10,10 @@ from l2o.learned.optimizer import LearnedOptimizer
 from l2o.learned.weights import PRETRAINED, load_rule, save_rule
 
 
+# The rule's feature options, each case exercising one of them.
+OPTIONS = [{}, {"tensor_features": True}, {"adam_ratios": True}]
+
+
 def _trained_like(rule: MLPRule, seed: int = 0) -> MLPRule:
     """Random but non-trivial weights (a fresh rule makes deliberately tiny steps)."""
     gen = torch.Generator().manual_seed(seed)
@@ -19,9 +23,9 @@ def _trained_like(rule: MLPRule, seed: int = 0) -> MLPRule:
     return rule
 
 
-@pytest.mark.parametrize("tensor_features", [False, True])
-def test_config_rebuilds_the_rule(tensor_features):
-    rule = MLPRule(hidden=8, hidden_layers=2, betas=(0.9, 0.99), step_mult=0.02, tensor_features=tensor_features)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_config_rebuilds_the_rule(options):
+    rule = MLPRule(hidden=8, hidden_layers=2, betas=(0.9, 0.99), step_mult=0.02, **options)
     again = MLPRule(**rule.config())
     assert again.config() == rule.config()
     assert [p.shape for p in again.parameters()] == [p.shape for p in rule.parameters()]
@@ -44,9 +48,9 @@ def test_fresh_rule_makes_tiny_steps():
     assert 0 < step < 0.05
 
 
-@pytest.mark.parametrize("tensor_features", [False, True])
-def test_chunked_deployment_path_matches_the_differentiable_path(tensor_features):
-    rule = _trained_like(MLPRule(hidden=8, tensor_features=tensor_features))
+@pytest.mark.parametrize("options", OPTIONS)
+def test_chunked_deployment_path_matches_the_differentiable_path(options):
+    rule = _trained_like(MLPRule(hidden=8, **options))
     rule.fast_threshold, rule.fast_chunk = 100, 128  # force several chunks on a small tensor
     params = {"w": torch.randn(30, 25, dtype=torch.float64), "b": torch.randn(7, dtype=torch.float64)}
     rule = rule.double()
@@ -72,7 +76,12 @@ def _reference_step(rule: MLPRule, p, g, m, v, t):
     r = 1 / torch.sqrt(v + rule.eps)
     rows = [g, *m, torch.sqrt(v), p, g * r, *(m * r)]
     rms = [torch.sqrt((f * f).mean() + rule.eps) for f in rows]
-    x = torch.stack([f.flatten() / s for f, s in zip(rows, rms)], dim=1)  # (n, F)
+    x = [f.flatten() / s for f, s in zip(rows, rms)]
+    if rule.adam_ratios:  # g / sqrt(v_hat), m_hat_b / sqrt(v_hat), not normalized
+        r_hat = 1 / torch.sqrt((v + rule.eps) / (1 - rule.rms_beta ** t))
+        m_hat = m / (1 - beta ** t)
+        x[-(len(m) + 1):] = [(f * r_hat).flatten() for f in (g, *m_hat)]
+    x = torch.stack(x, dim=1)  # (n, F)
     tau = rule.timescales.to(p.dtype)
     progress = torch.tanh(torch.tensor(float(t), dtype=p.dtype) / tau - 1)
     if rule.tensor_features:  # 0.2 log RMS of g, sqrt(v) and p
@@ -114,20 +123,21 @@ def _check_in_place_steps_against_the_reference(rule: MLPRule, dtype, fused: boo
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize(("hidden_layers", "tensor_features"), [(1, False), (2, False), (0, False), (1, True)])
-def test_in_place_deployment_step_matches_a_plain_reference(dtype, hidden_layers, tensor_features):
-    rule = MLPRule(hidden=8, hidden_layers=hidden_layers, tensor_features=tensor_features)
+@pytest.mark.parametrize(("hidden_layers", "options"), [(1, {}), (2, {}), (0, {}), *((1, o) for o in OPTIONS[1:])])
+def test_in_place_deployment_step_matches_a_plain_reference(dtype, hidden_layers, options):
+    rule = MLPRule(hidden=8, hidden_layers=hidden_layers, **options)
     _check_in_place_steps_against_the_reference(_trained_like(rule, seed=hidden_layers).to(dtype), dtype)
 
 
 # Each case compiles the fused pass once (a few seconds): the shipped shape in float32, and the
 # other branches of the kernel (no hidden layer; a second hidden layer, in float64).
-@pytest.mark.parametrize(("hidden_layers", "tensor_features", "dtype"),
-                         [(1, False, torch.float32), (0, False, torch.float32), (2, True, torch.float64)])
-def test_fused_deployment_step_matches_a_plain_reference(hidden_layers, tensor_features, dtype):
+@pytest.mark.parametrize(("hidden_layers", "options", "dtype"),
+                         [(1, {}, torch.float32), (0, {"adam_ratios": True}, torch.float32),
+                          (2, {"tensor_features": True}, torch.float64)])
+def test_fused_deployment_step_matches_a_plain_reference(hidden_layers, options, dtype):
     from l2o.learned._mlp_kernel import fused_mlp_step_
 
-    rule = MLPRule(hidden=4, hidden_layers=hidden_layers, tensor_features=tensor_features)
+    rule = MLPRule(hidden=4, hidden_layers=hidden_layers, **options)
     _check_in_place_steps_against_the_reference(_trained_like(rule, seed=hidden_layers).to(dtype), dtype, fused=True)
     assert not fused_mlp_step_.failed  # the compiled pass ran, not the fallback
 
@@ -162,11 +172,11 @@ def test_fused_first_pass_with_the_unfused_second_pass_matches_the_reference(unc
     assert not mlp_module.fused_accumulate_.failed
 
 
-@pytest.mark.parametrize("tensor_features", [False, True])
-def test_small_tensors_stepped_together_match_one_by_one(tensor_features):
+@pytest.mark.parametrize("options", OPTIONS)
+def test_small_tensors_stepped_together_match_one_by_one(options):
     """fused=True steps the tensors of at most fast_threshold coordinates as one computation; each
     keeps its own normalization, step count (here they differ) and lr."""
-    rule = _trained_like(MLPRule(hidden=8, tensor_features=tensor_features)).double()
+    rule = _trained_like(MLPRule(hidden=8, **options)).double()
     gen = torch.Generator().manual_seed(11)
     shapes = [(1,), (7,), (3, 4), (2, 2, 5), (50,)]
     start = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
@@ -251,9 +261,9 @@ def test_learned_optimizer_state_dict_is_a_snapshot_with_in_place_steps():
             assert torch.equal(value, before["state"][k][name])  # loading copies, stepping does not alias
 
 
-@pytest.mark.parametrize("tensor_features", [False, True])
-def test_batch_dims_normalizes_per_task(tensor_features):
-    rule = _trained_like(MLPRule(hidden=8, tensor_features=tensor_features)).double()
+@pytest.mark.parametrize("options", OPTIONS)
+def test_batch_dims_normalizes_per_task(options):
+    rule = _trained_like(MLPRule(hidden=8, **options)).double()
     singles = [{"w": torch.randn(4, 6, dtype=torch.float64) * s} for s in (1.0, 100.0)]
     grads = [{"w": torch.randn(4, 6, dtype=torch.float64) * s} for s in (0.01, 10.0)]
     stacked_p = {"w": torch.stack([p["w"] for p in singles])}
@@ -265,11 +275,12 @@ def test_batch_dims_normalizes_per_task(tensor_features):
             torch.testing.assert_close(new_stacked["w"][i], new_single["w"])
 
 
-@pytest.mark.parametrize(("hidden_layers", "tensor_features"), [(0, False), (1, False), (1, True), (2, True)])
-def test_grouped_batched_update_matches_the_per_tensor_one(hidden_layers, tensor_features):
+@pytest.mark.parametrize(("hidden_layers", "options"), [(0, {}), (1, {}), (1, {"tensor_features": True}),
+                                                      (2, {"tensor_features": True, "adam_ratios": True})])
+def test_grouped_batched_update_matches_the_per_tensor_one(hidden_layers, options):
     """On a GPU a batched update steps all tensors in one pass (``grouped_devices``): the same
     equations, tensor by tensor, as the per-tensor passes, and the same gradients for the rule."""
-    rule = _trained_like(MLPRule(hidden=8, hidden_layers=hidden_layers, tensor_features=tensor_features),
+    rule = _trained_like(MLPRule(hidden=8, hidden_layers=hidden_layers, **options),
                          seed=hidden_layers).double()
     gen = torch.Generator().manual_seed(7)
     shapes = {"w": (5, 6), "b": (5,), "scalar": (), "frozen": (3,), "empty": (0, 2), "conv": (2, 3, 2, 2)}
@@ -369,6 +380,25 @@ def test_shipped_mlp_general_loads_and_trains():
     losses = _train_steps(model, opt, 50, (x, y))
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_adam_ratios_let_a_one_element_tensor_see_more_than_signs():
+    # Normalized per tensor, every feature of a one-element tensor is +-1: two gradient
+    # histories with the same signs give the same step. With adam_ratios, m_hat / sqrt(v_hat)
+    # tells a steady gradient from one that shrank, and the step stays free of the scale.
+    histories = {"steady": [1.0, 1.0, 1.0], "shrinking": [1.0, 0.1, 0.01], "steady x100": [100.0, 100.0, 100.0]}
+    for adam_ratios in (False, True):
+        rule = _trained_like(MLPRule(hidden=8, adam_ratios=adam_ratios)).double()
+        steps = {}
+        for name, history in histories.items():
+            p = {"w": torch.ones(1, dtype=torch.float64) * (100.0 if "x100" in name else 1.0)}
+            state = rule.init_state(p)
+            with torch.no_grad():
+                for g in history:
+                    new, state = rule.update({"w": torch.tensor([g], dtype=torch.float64)}, state, p)
+            steps[name] = float(new["w"] - p["w"])
+        assert steps["steady"] == pytest.approx(steps["steady x100"], rel=1e-6)
+        assert (steps["steady"] == pytest.approx(steps["shrinking"], rel=1e-6)) == (not adam_ratios)
 
 
 def test_tensor_features_let_the_rule_see_the_scale_it_normalizes_away():

@@ -66,6 +66,8 @@ def register(subparsers) -> None:
     train.add_argument("--hidden", type=int, default=None, help="rule width (mlp default 16, lstm default 20)")
     train.add_argument("--tensor-features", action="store_true",
                        help="mlp: also feed each tensor's log-RMS of g, sqrt(v) and p (the scale the normalization removes)")
+    train.add_argument("--adam-ratios", action="store_true",
+                       help="mlp: feed g/sqrt(v) and m/sqrt(v) bias-corrected like Adam's, not normalized per tensor")
     train.add_argument("--checkpoint-every", type=int, default=50)
     train.add_argument("--val-every", type=int, default=250)
     train.add_argument("--val-steps", type=int, default=200)
@@ -156,10 +158,11 @@ def _train(args) -> int:
     if args.optimizer == "mlp":
         from l2o.learned.mlp import MLPRule
 
-        rule = MLPRule(hidden=args.hidden or 16, tensor_features=args.tensor_features)
+        rule = MLPRule(hidden=args.hidden or 16, tensor_features=args.tensor_features, adam_ratios=args.adam_ratios)
     else:
-        if args.tensor_features:
-            raise SystemExit("--tensor-features applies to --optimizer mlp only")
+        for flag in ("tensor_features", "adam_ratios"):
+            if getattr(args, flag):
+                raise SystemExit(f"--{flag.replace('_', '-')} applies to --optimizer mlp only")
         from l2o.learned.lstm import LSTMRule
 
         rule = LSTMRule(hidden_size=args.hidden or 20)

@@ -56,6 +56,11 @@ class MLPRule(LearnedRule):
         tensor_features: also give the network the scale the normalization divides out:
             ``0.2 * log RMS`` over the tensor of ``g``, ``sqrt(v)`` and ``p`` (three more
             per-tensor features). Without them the rule is blind to the problem's scale.
+        adam_ratios: leave the ratio features ``g / sqrt(v)`` and ``m_b / sqrt(v)`` unnormalized,
+            with Adam's bias corrections instead (``g / sqrt(v_hat)``, ``m_hat_b / sqrt(v_hat)``).
+            They are free of the problem's scale already, and their size is the signal-to-noise
+            information Adam's step shrinks with; dividing them by their RMS over the tensor
+            removes it (on a one-element tensor it leaves only signs).
     """
 
     kind = "mlp"
@@ -64,7 +69,7 @@ class MLPRule(LearnedRule):
 
     def __init__(self, hidden: int = 16, hidden_layers: int = 1, betas=DEFAULT_BETAS, rms_beta: float = 0.999,
                  timescales=DEFAULT_TIMESCALES, step_mult: float = 0.01, exp_mult: float = 0.1, eps: float = 1e-12,
-                 tensor_features: bool = False):
+                 tensor_features: bool = False, adam_ratios: bool = False):
         super().__init__()
         if hidden < 1 or hidden_layers < 0:
             raise ValueError(f"need hidden >= 1 and hidden_layers >= 0, got hidden={hidden}, hidden_layers={hidden_layers}")
@@ -84,6 +89,7 @@ class MLPRule(LearnedRule):
         nb = len(betas)
         self.n_coord_features = 1 + nb + 1 + 1 + 1 + nb  # g, m_b, sqrt(v), p, g/sqrt(v), m_b/sqrt(v)
         self.tensor_features = bool(tensor_features)
+        self.adam_ratios = bool(adam_ratios)
         # rows of the feature matrix whose log-RMS are the tensor features: g, sqrt(v), p
         self.scale_rows = (0, nb + 1, nb + 2)
         self.n_global_features = len(self.timescales_list) + (len(self.scale_rows) if self.tensor_features else 0)
@@ -110,7 +116,7 @@ class MLPRule(LearnedRule):
     def config(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "hidden_layers": self.hidden_layers, "betas": list(self.betas),
                 "rms_beta": self.rms_beta, "timescales": list(self.timescales_list), "step_mult": self.step_mult,
-                "exp_mult": self.exp_mult, "eps": self.eps, "tensor_features": self.tensor_features}
+                "exp_mult": self.exp_mult, "eps": self.eps, "tensor_features": self.tensor_features, "adam_ratios": self.adam_ratios}
 
     def init_state(self, params: ParamDict) -> StateDict:
         return {name: self._fresh_state(p, batch_dims=0) for name, p in params.items()}
@@ -215,7 +221,7 @@ class MLPRule(LearnedRule):
         r = torch.rsqrt(v + self.eps)
         feats = torch.cat([g, m, v.sqrt(), p, g * r, m * r], dim=1)  # (tasks, F, N)
         sumsq = feats.new_zeros(tasks, feats.shape[1], len(sizes)).index_add(2, seg, feats.square())
-        scale = torch.rsqrt(sumsq / numel + self.eps)  # (tasks, F, tensors)
+        scale = self._ratio_scales(torch.rsqrt(sumsq / numel + self.eps), steps, dim=1)  # (tasks, F, tensors)
         x = feats * scale[..., seg]
         glob = self._global_features(steps.unsqueeze(-1), scale.transpose(1, 2), dtype)  # (tensors, G) or (tasks, ..)
         bias = (self.coord_in.bias + self.global_in(glob)).transpose(-1, -2)[..., seg]  # (H, N) or (tasks, H, N)
@@ -423,7 +429,7 @@ class MLPRule(LearnedRule):
         if sumsq is None:
             sumsq = self._accumulate(ws, g_c, m_c, v_c, r_c, m0_c, v0_c, gf, pf, v, beta, one_minus_beta)
         step = step_old + 1
-        scale = torch.rsqrt((sumsq / n).to(dtype) + self.eps)
+        scale = self._ratio_scales(torch.rsqrt((sumsq / n).to(dtype) + self.eps), step, dim=0)
         w_in = self.coord_in.weight * scale
         bias = (self.coord_in.bias + self.global_in(self._global_features(step, scale, dtype))).unsqueeze(1)
         # Output rows pre-multiplied: row 0 by step_mult * lr (the step), row 1 by exp_mult.
@@ -482,6 +488,21 @@ class MLPRule(LearnedRule):
         return torch.cat([torch.stack([torch.dot(gf, gf).double()]), sq[:nb],
                           torch.stack([v.sum().double(), torch.dot(pf, pf).double()]), sq[nb:]])
 
+    def _ratio_scales(self, scale: Tensor, step: Tensor, dim: int) -> Tensor:
+        """``scale`` (each feature's ``1 / RMS`` along ``dim``) with, under ``adam_ratios``, the rows
+        of ``g r`` and ``m_b r`` replaced by Adam's bias corrections at ``step`` (each tensor's own
+        step count, ``step.shape`` matching ``scale``'s dimensions after ``dim``):
+        ``sqrt(1 - rms_beta^t)`` and ``sqrt(1 - rms_beta^t) / (1 - b^t)``, so that the features
+        become ``g / sqrt(v_hat)`` and ``m_hat_b / sqrt(v_hat)``."""
+        if not self.adam_ratios:
+            return scale
+        t = step.to(scale.dtype).unsqueeze(-1)
+        root = torch.sqrt(1.0 - torch.pow(self.rms_beta, t))
+        corrections = torch.cat([root, root / (1.0 - torch.pow(self.beta_vec.to(scale.dtype), t))], dim=-1)
+        corrections = corrections.movedim(-1, 0).expand(*scale.shape[:dim], -1, *scale.shape[dim + 1:])
+        kept = self.n_coord_features - corrections.shape[dim]
+        return torch.cat([scale.narrow(dim, 0, kept), corrections], dim=dim)
+
     def _global_features(self, step: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
         """Per-tensor features: progress, and with ``tensor_features`` ``0.2 log RMS`` of g, sqrt(v)
         and p (``scale`` holds each feature's ``1 / RMS``: (F,) or (tasks, F)); (G,) or (tasks, G)."""
@@ -508,7 +529,7 @@ class MLPRule(LearnedRule):
         # Feature matrix (tasks, features, coordinates): one contiguous row per feature.
         feats = torch.cat([g2, m, v.sqrt(), p2, g2 * r, m * r], dim=1)
         # Second-moment normalization per (task, feature), folded into the first layer's weights.
-        scale = torch.rsqrt(feats.square().mean(dim=-1) + self.eps)  # (tasks, F)
+        scale = self._ratio_scales(torch.rsqrt(feats.square().mean(dim=-1) + self.eps), step, dim=1)  # (tasks, F)
         w_in = self.coord_in.weight.unsqueeze(0) * scale.unsqueeze(1)  # (tasks, H, F)
         bias = self.coord_in.bias + self.global_in(self._global_features(step, scale, p.dtype))
         bias = bias.view(-1, bias.shape[-1], 1)  # (1, H, 1), or (tasks, H, 1) with tensor features
