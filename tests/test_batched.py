@@ -9,6 +9,15 @@ from l2o.tasks.digits import DigitsMLP
 from l2o.tasks.family import DATASETS, GeneralFamily, MLPTask, TaskConfig, build_task
 
 
+def _trained_like(rule):
+    """Random non-trivial weights (a fresh rule makes deliberately tiny steps)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in rule.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return rule
+
+
 def _double(task):
     task.x_train, task.x_test = task.x_train.double(), task.x_test.double()
     if not task.classification:
@@ -37,6 +46,40 @@ def test_batched_and_looped_meta_gradients_agree(dataset):
     assert any(float(g.abs().max()) > 1e-6 for g in grads_batched)  # the comparison is not 0 == 0
     torch.testing.assert_close(torch.tensor(batched.losses, dtype=torch.float64),
                                torch.tensor(losses, dtype=torch.float64).mean(0), rtol=1e-9, atol=1e-12)
+
+
+def test_meta_training_under_step_adaptation_steps_as_the_deployed_optimizer_does():
+    """``start_episode(..., adapt=kappa)``: each task's tensors follow the steps that
+    ``LearnedOptimizer(adapt=kappa)`` takes on that task alone (one shared equation)."""
+    from l2o.learned.optimizer import LearnedOptimizer
+
+    torch.manual_seed(0)
+    rule = _trained_like(MLPRule(hidden=8, adam_ratios=True)).double()
+    config = TaskConfig("regression", hidden=6, layers=1, activation="tanh", batch_size=16, horizon=50, in_dim=5)
+    tasks = [_double(build_task(config, seed)) for seed in (1, 2)]
+    seeds, kappa, steps = [21, 22], 0.3, 6
+    episode = start_episode(rule, tasks, seeds, 50, dtype=torch.float64, adapt=kappa)
+    with torch.no_grad():
+        batched_unroll(rule, episode, steps)
+    plain = start_episode(rule, tasks, seeds, 50, dtype=torch.float64)
+    with torch.no_grad():
+        batched_unroll(rule, plain, steps)
+    for i, (task, seed) in enumerate(zip(tasks, seeds)):
+        gen = torch.Generator().manual_seed(seed)
+        params = {k: v.double().requires_grad_(True) for k, v in task.init_params(gen).items()}
+        stream = task.batches(gen)
+        next(stream)  # the batch start_episode measures the initial loss on
+        optimizer = LearnedOptimizer(list(params.values()), rule=rule, adapt=kappa)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            task.loss(params, next(stream)).backward()
+            optimizer.step()
+        for k, p in params.items():
+            torch.testing.assert_close(episode.params[k][i], p.detach(), rtol=1e-9, atol=1e-12)
+            torch.testing.assert_close(episode.state[k]["log_scale"][i], optimizer.state[p]["log_scale"])
+    moved = max(float(episode.state[k]["log_scale"].abs().max()) for k in episode.params)
+    assert moved > 0.1  # the multipliers moved, and the steps differ from the unadapted ones
+    assert not torch.allclose(episode.params["layer0.weight"], plain.params["layer0.weight"])
 
 
 def test_vmap_fallback_matches_a_loop():

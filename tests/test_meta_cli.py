@@ -102,9 +102,13 @@ def test_lstm_rule_trains_with_the_batched_trainer(tmp_path):
 
 def test_rule_feature_options_reach_the_saved_weights(tmp_path, capsys):
     out = tmp_path / "ratios"
-    assert main(["meta", "train", *TINY, "--adam-ratios", "--steps", "2", "--val-every", "0", "--out", str(out)]) == 0
+    assert main(["meta", "train", *TINY, "--adam-ratios", "--adapt", "0.1", "--steps", "2", "--val-every", "1",
+                 "--out", str(out)]) == 0
     rule = load_rule(out / "weights.safetensors")
     assert rule.adam_ratios and not rule.tensor_features
+    assert json.loads((out / "weights.json").read_text())["training"]["config"]["adapt"] == 0.1
+    assert main(["meta", "train", *TINY, "--adapt", "-1", "--steps", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "adapt must be a finite number >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--adam-ratios applies to --optimizer mlp only"):
         main(["meta", "train", *TINY, "--optimizer", "lstm", "--adam-ratios", "--steps", "1", "--out", str(tmp_path / "l")])
 

@@ -68,6 +68,9 @@ def register(subparsers) -> None:
                        help="mlp: also feed each tensor's log-RMS of g, sqrt(v) and p (the scale the normalization removes)")
     train.add_argument("--adam-ratios", action="store_true",
                        help="mlp: feed g/sqrt(v) and m/sqrt(v) bias-corrected like Adam's, not normalized per tensor")
+    train.add_argument("--adapt", type=float, default=0.0,
+                       help="meta-train under the per-tensor step-size adaptation of rate KAPPA (default 0: off); "
+                            "deploy with LearnedOptimizer(adapt=KAPPA)")
     train.add_argument("--checkpoint-every", type=int, default=50)
     train.add_argument("--val-every", type=int, default=250)
     train.add_argument("--val-steps", type=int, default=200)
@@ -172,7 +175,7 @@ def _train(args) -> int:
                            unroll=args.unroll, curriculum_start=start, curriculum_steps=steps, meta_lr=args.meta_lr,
                            clip=args.clip or None, sigma=args.sigma, pairs=args.pairs,
                            checkpoint_every=args.checkpoint_every, val_every=args.val_every, val_steps=args.val_steps,
-                           seed=args.seed)
+                           seed=args.seed, adapt=args.adapt)
     trainer = GeneralTrainer(rule, family, config, directory=args.out)
     wall = time.time()
     summary = trainer.train(resume=args.resume, progress_bar=not args.no_progress)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from l2o.learned.adaptation import ADAPT_KEYS, next_log_scale
 from l2o.learned.base import LearnedRule
 
 
@@ -57,9 +58,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
     in float32 (its weights' dtype) for float32, bfloat16 and float16 parameters, with its state
     in float32, and in float64 when any parameter is float64 (on a float64 copy of the rule).
     """
-
-    #: bound on the adapted log step multiplier (a factor of 1e4 either way)
-    max_log_scale = math.log(1e4)
 
     def __init__(self, params: Iterable, rule: LearnedRule | None = None, lr: float = 1.0, fused: bool = False,
                  adapt: float = 0.0):
@@ -143,7 +141,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             in_place(grads, {key: self.state[p] for key, p, _ in entries}, params,
                      {key: lr for key, _, lr in entries}, **options)
         else:
-            states = {key: {k: v for k, v in self.state[p].items() if k not in _ADAPT_KEYS} for key, p, _ in entries}
+            states = {key: {k: v for k, v in self.state[p].items() if k not in ADAPT_KEYS} for key, p, _ in entries}
             new_params, new_states = self.rule.update(grads, states, params)
             for key, p, lr in entries:
                 if lr == 1.0:
@@ -151,7 +149,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 else:
                     p.add_(new_params[key] - p, alpha=lr)
                 # A new dict (not update in place): a state_dict() taken earlier stays a snapshot.
-                kept = {k: v for k, v in self.state[p].items() if k in _ADAPT_KEYS}
+                kept = {k: v for k, v in self.state[p].items() if k in ADAPT_KEYS}
                 self.state[p] = {**new_states[key], **kept}
         if self.adapt:
             for _, p, _ in entries:
@@ -164,11 +162,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if "log_scale" not in state:
             state["log_scale"] = torch.zeros((), dtype=torch.float64, device=p.device)
             state["prev_step"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        u, g, log_scale = state["prev_step"], p.grad, state["log_scale"]
-        norms = torch.linalg.vector_norm(g).double() * torch.linalg.vector_norm(u).double()
-        if float(norms) > 0:  # no previous step yet (or a zero one): nothing to learn from
-            cos = torch.dot(g.reshape(-1), u.reshape(-1)).double() / norms
-            log_scale.add_(cos, alpha=self.adapt).clamp_(-self.max_log_scale, self.max_log_scale)
+        u, log_scale = state["prev_step"], state["log_scale"]
+        log_scale.copy_(next_log_scale(log_scale, p.grad, u, self.adapt))
         u.copy_(p)
         return math.exp(float(log_scale))
 
@@ -193,9 +188,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 self.state[p] = {k: (v.to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v)
                                  for k, v in saved[pid].items()}
 
-
-#: per-parameter state of ``adapt`` (not the rule's): the log step multiplier and the last step
-_ADAPT_KEYS = ("log_scale", "prev_step")
 
 
 def _copy_tensors(state: dict) -> dict:

@@ -15,6 +15,7 @@ problems with different loss scales weigh alike.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from l2o.learned.adaptation import ADAPT_KEYS, next_log_scale
 from l2o.learned.base import LearnedRule, ParamDict, StateDict
 from l2o.tasks.base import SupervisedTask, Task
 
@@ -64,6 +66,9 @@ class BatchedEpisode:
         initial_loss: (B,) loss of each instance at its initialisation (meta-loss normalizer).
         generators: one per instance (minibatch streams; kept for checkpoints).
         device: where the parameters, the state and the minibatches live.
+        adapt: rate of the per-tensor step-size adaptation on top of the rule
+            (:mod:`l2o.learned.adaptation`; 0: off); its state is kept in ``state`` beside the
+            rule's, one log multiplier per task and tensor.
     """
 
     tasks: list[Task]
@@ -75,6 +80,7 @@ class BatchedEpisode:
     generators: list[torch.Generator]
     streams: list[Iterator[Any]] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    adapt: float = 0.0
     # (x, y, n, batch size) of the training data all instances share, on ``device``; () when they
     # share none; None until the first batch.
     _data: tuple | None = field(default=None, repr=False)
@@ -111,7 +117,7 @@ class BatchedEpisode:
             gens.append(h)
         return BatchedEpisode(self.tasks, dict(self.params), {k: dict(v) for k, v in self.state.items()}, self.step,
                               self.horizon, self.initial_loss, gens, [t.batches(h) for t, h in zip(self.tasks, gens)],
-                              self.device, self._data)
+                              self.device, self.adapt, self._data)
 
 
 def _shared_minibatch_data(tasks: list[Task]):
@@ -131,12 +137,15 @@ def _shared_minibatch_data(tasks: list[Task]):
 
 
 def start_episode(rule: LearnedRule, tasks: list[Task], seeds: list[int], horizon: int,
-                  dtype: torch.dtype | None = None) -> BatchedEpisode:
+                  dtype: torch.dtype | None = None, adapt: float = 0.0) -> BatchedEpisode:
     """Initialise ``tasks`` (instance ``i`` seeded by ``seeds[i]``) for a ``horizon``-step episode.
 
     ``dtype`` casts the initial parameters (e.g. float64 for gradient checks; the task's data
     must have the same dtype). The episode runs on the device of the rule's parameters.
+    ``adapt``: the step-size adaptation's rate (see :class:`BatchedEpisode`).
     """
+    if not 0.0 <= adapt < math.inf:
+        raise ValueError(f"adapt must be a finite number >= 0, got {adapt}")
     if len(tasks) != len(seeds) or not tasks:
         raise ValueError(f"need one seed per task and at least one task, got {len(tasks)} tasks and {len(seeds)} seeds")
     device = next((p.device for p in rule.parameters()), torch.device("cpu"))
@@ -146,8 +155,12 @@ def start_episode(rule: LearnedRule, tasks: list[Task], seeds: list[int], horizo
     init_batched = getattr(rule, "init_state_batched", None)
     # A coordinatewise rule without per-tensor statistics treats the task axis like any other.
     state = init_batched(params, batch_dims=1) if init_batched else rule.init_state(params)
+    if adapt:
+        for name, p in params.items():
+            state[name] = {**state[name], "log_scale": p.new_zeros(len(tasks)), "prev_step": torch.zeros_like(p)}
     streams = [t.batches(g) for t, g in zip(tasks, gens)]
-    episode = BatchedEpisode(tasks, params, state, 0, int(horizon), torch.ones(len(tasks)), gens, streams, device)
+    episode = BatchedEpisode(tasks, params, state, 0, int(horizon), torch.ones(len(tasks)), gens, streams, device,
+                             float(adapt))
     with torch.no_grad():
         episode.initial_loss = batched_loss_fn(tasks[0])(params, episode.next_batch()).detach().clamp_min(1e-8)
     return episode
@@ -173,6 +186,21 @@ def _rule_update(rule: LearnedRule, grads: ParamDict, state: StateDict, params: 
     if hasattr(rule, "init_state_batched"):  # rules with per-tensor statistics take batch_dims
         return rule.update(grads, state, params, batch_dims=1)
     return rule.update(grads, state, params)
+
+
+def _adapted_update(rule: LearnedRule, grads: ParamDict, state: StateDict, params: ParamDict, kappa: float):
+    """The rule's step with each task's tensors' steps scaled by their adapted multipliers
+    (:mod:`l2o.learned.adaptation`). The multipliers take no part in the meta-gradient (their
+    cosine is detached): the rule is trained for the steps it makes under them."""
+    rule_state = {n: {k: v for k, v in s.items() if k not in ADAPT_KEYS} for n, s in state.items()}
+    new_params, new_state = _rule_update(rule, grads, rule_state, params)
+    for n, p in params.items():
+        log_scale = next_log_scale(state[n]["log_scale"], grads[n].detach(), state[n]["prev_step"].detach(), kappa,
+                                   batch_dims=1)
+        step = (p - new_params[n]) * torch.exp(log_scale).view(-1, *([1] * (p.dim() - 1)))  # p_old - p_new
+        new_params[n] = p - step
+        new_state[n] = {**new_state[n], "log_scale": log_scale, "prev_step": step}
+    return new_params, new_state
 
 
 def batched_unroll(rule: LearnedRule, episode: BatchedEpisode, steps: int, second_order: bool = False) -> BatchedUnrollResult:
@@ -211,7 +239,10 @@ def batched_unroll(rule: LearnedRule, episode: BatchedEpisode, steps: int, secon
             grads = {n: g.detach() for n, g in grads.items()}
         if not grad_on:
             inputs = {k: v.detach() for k, v in inputs.items()}
-        params, state = _rule_update(rule, grads, state, inputs)
+        if episode.adapt:
+            params, state = _adapted_update(rule, grads, state, inputs, episode.adapt)
+        else:
+            params, state = _rule_update(rule, grads, state, inputs)
         batch = episode.next_batch()
     done = len(losses)
     if finite:

@@ -61,6 +61,9 @@ class GeneralConfig:
         val_every: outer steps between validations (0: never).
         val_steps: inner steps of each validation episode.
         seed: seeds the task sampler and the ES noise.
+        adapt: rate of the per-tensor step-size adaptation the rule runs under, in training and
+            validation (:mod:`l2o.learned.adaptation`; 0: off). Deploy the weights with the same
+            ``adapt``.
         max_rollbacks: give up after that many NaN/Inf rollbacks.
     """
 
@@ -81,6 +84,7 @@ class GeneralConfig:
     val_steps: int = 200
     seed: int = 0
     max_rollbacks: int = 5
+    adapt: float = 0.0
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -96,6 +100,8 @@ class GeneralConfig:
             raise ValueError(f"clip must be > 0 or None, got {self.clip}")
         if not self.sigma > 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if not 0.0 <= self.adapt < math.inf:
+            raise ValueError(f"adapt must be a finite number >= 0, got {self.adapt}")
 
     def unroll_at(self, step: int) -> int:
         """Truncation length at outer step ``step`` (the curriculum)."""
@@ -152,7 +158,7 @@ class GeneralTrainer:
     def _new_episode(self, generator: torch.Generator) -> BatchedEpisode:
         tasks = self.family.sample_batch(generator, self.config.batch_size)
         seeds = [seed_from(generator) for _ in tasks]
-        return start_episode(self.rule, tasks, seeds, tasks[0].steps)
+        return start_episode(self.rule, tasks, seeds, tasks[0].steps, adapt=self.config.adapt)
 
     def _group(self, index: int):
         entry = self.groups[index]
@@ -232,7 +238,8 @@ class GeneralTrainer:
         values = []
         with torch.no_grad():
             for tasks, seed in self._val_episodes:
-                episode = start_episode(self.rule, tasks, [seed + i for i in range(len(tasks))], self.config.val_steps)
+                episode = start_episode(self.rule, tasks, [seed + i for i in range(len(tasks))], self.config.val_steps,
+                                        adapt=self.config.adapt)
                 result = batched_unroll(self.rule, episode, self.config.val_steps)
                 if result.finite:
                     values.append(math.log(max(result.losses[-1], 1e-30)) - math.log(float(episode.initial_loss.mean())))

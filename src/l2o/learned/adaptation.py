@@ -1,0 +1,40 @@
+"""Per-tensor step-size adaptation on top of a learned rule (``adapt=kappa``).
+
+Each tensor keeps a log step multiplier ``l`` and the step ``u`` it took last; before each step
+
+    l <- clip(l + kappa * cos(g, u), +-MAX_LOG_SCALE),    step = exp(l) * (the rule's step)
+
+``-g . u`` is the derivative of the loss with respect to the size of the previous step (the
+hypergradient of Baydin et al. 2018), so the multiplier grows while successive steps keep
+pointing downhill and shrinks when they overshoot. Deployment (``LearnedOptimizer(adapt=...)``)
+and meta-training (``l2o meta train --adapt``) use the same update, from this module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+#: bound on the log step multiplier (a factor of 1e4 either way)
+MAX_LOG_SCALE = math.log(1e4)
+#: per-tensor state of the adaptation, kept beside the rule's: the log multiplier, the last step
+ADAPT_KEYS = ("log_scale", "prev_step")
+
+
+def next_log_scale(log_scale: Tensor, g: Tensor, u: Tensor, kappa: float, batch_dims: int = 0) -> Tensor:
+    """``clip(log_scale + kappa * cos(g, u))``, the cosine taken over the dimensions after the first
+    ``batch_dims`` (one value per task when tasks are stacked), in ``log_scale``'s dtype. A zero
+    ``g`` or ``u`` (no previous step yet) leaves it unchanged."""
+    if batch_dims == 0:
+        dot = torch.dot(g.reshape(-1), u.reshape(-1))
+        norm_g, norm_u = torch.linalg.vector_norm(g), torch.linalg.vector_norm(u)
+    else:
+        dims = tuple(range(batch_dims, g.dim()))
+        dot = (g * u).sum(dims)
+        norm_g, norm_u = torch.linalg.vector_norm(g, dim=dims), torch.linalg.vector_norm(u, dim=dims)
+    norms = norm_g.to(log_scale.dtype) * norm_u.to(log_scale.dtype)
+    positive = norms > 0
+    cos = torch.where(positive, dot.to(log_scale.dtype) / torch.where(positive, norms, 1.0), 0.0)
+    return (log_scale + kappa * cos).clamp(-MAX_LOG_SCALE, MAX_LOG_SCALE)
