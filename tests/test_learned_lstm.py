@@ -245,6 +245,10 @@ def test_weights_file_round_trip_and_clear_errors(tmp_path):
         load_rule(no_card)
     with pytest.raises(WeightsFileError, match="not found"):
         load_rule(tmp_path / "absent.safetensors")
+    bad_deploy = tmp_path / "deploy.safetensors"
+    save_tensors(bad_deploy, dict(rule.state_dict()), {"rule": "lstm", "config": rule.config(), "deploy": 0.1})
+    with pytest.raises(WeightsFileError, match="'deploy' entry must be a mapping"):
+        load_rule(bad_deploy)
 
 
 def test_pretrained_l2l_digits_ships_and_trains():

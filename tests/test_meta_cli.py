@@ -8,7 +8,9 @@ import torch
 
 from l2o.cli import main
 from l2o.io import load_tensors
+from l2o.bench.optimizers import resolve
 from l2o.learned.mlp import MLPRule
+from l2o.learned.optimizer import LearnedOptimizer
 from l2o.learned.weights import load_rule
 from l2o.meta.general import GeneralConfig, GeneralTrainer
 from l2o.tasks.family import GeneralFamily
@@ -107,6 +109,14 @@ def test_rule_feature_options_reach_the_saved_weights(tmp_path, capsys):
     rule = load_rule(out / "weights.safetensors")
     assert rule.adam_ratios and not rule.tensor_features
     assert json.loads((out / "weights.json").read_text())["training"]["config"]["adapt"] == 0.1
+    # The weights deploy under the adaptation they were trained with, unless told otherwise.
+    params = [torch.zeros(3, requires_grad=True)]
+    assert LearnedOptimizer.from_file(out / "weights.safetensors", params).adapt == 0.1
+    assert LearnedOptimizer.from_file(out / "weights.safetensors", params, adapt=0.0).adapt == 0.0
+    assert LearnedOptimizer(params, rule=MLPRule(hidden=4)).adapt == 0.0
+    assert LearnedOptimizer.pretrained("mlp-general", params).adapt == 0.0
+    assert resolve(f"learned:{out / 'weights.safetensors'}").factory({})(params).adapt == 0.1
+    assert resolve(f"learned:{out / 'weights.safetensors'}@adapt=0").factory({})(params).adapt == 0.0
     assert main(["meta", "train", *TINY, "--adapt", "-1", "--steps", "1", "--out", str(tmp_path / "bad")]) == 2
     assert "adapt must be a finite number >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--adam-ratios applies to --optimizer mlp only"):

@@ -66,8 +66,8 @@ class OptimizerSpec:
     tunable: bool
     #: for ``tuned:NAME``, the name the optimizer is built from (NAME); else empty.
     base: str = ""
-    #: for ``NAME@adapt=KAPPA`` (learned optimizers): KAPPA.
-    adapt: float = 0.0
+    #: for ``NAME@adapt=KAPPA`` (learned optimizers): KAPPA; None: the weights' default.
+    adapt: float | None = None
 
     @property
     def multiplier_tuned(self) -> bool:
@@ -95,7 +95,7 @@ class OptimizerSpec:
 
             weights = self.name.split(ADAPT_SUFFIX, 1)[0]
             weights = weights.split(":", 1)[1] if weights.startswith("learned:") else weights
-            if self.adapt:
+            if self.adapt is not None:
                 hp["adapt"] = self.adapt
             if _is_weights_file(weights):
                 return lambda params: LearnedOptimizer.from_file(weights, params, **hp)

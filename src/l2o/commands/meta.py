@@ -69,8 +69,8 @@ def register(subparsers) -> None:
     train.add_argument("--adam-ratios", action="store_true",
                        help="mlp: feed g/sqrt(v) and m/sqrt(v) bias-corrected like Adam's, not normalized per tensor")
     train.add_argument("--adapt", type=float, default=0.0,
-                       help="meta-train under the per-tensor step-size adaptation of rate KAPPA (default 0: off); "
-                            "deploy with LearnedOptimizer(adapt=KAPPA)")
+                       help="meta-train under the per-tensor step-size adaptation of rate KAPPA (default 0: off); the "
+                            "weights then deploy with it by default (LearnedOptimizer(adapt=None))")
     train.add_argument("--checkpoint-every", type=int, default=50)
     train.add_argument("--val-every", type=int, default=250)
     train.add_argument("--val-steps", type=int, default=200)
@@ -93,8 +93,9 @@ def register(subparsers) -> None:
     ev.add_argument("--adam-grid", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1",
                     help="Adam learning rates; one chosen per budget on training loss over tuning seeds")
     ev.add_argument("--tune-seeds", type=int, default=3, help="tuning seeds (1000.., disjoint from evaluation seeds)")
-    ev.add_argument("--adapt", type=float, default=0.0,
-                    help="the learned optimizer's step-size adaptation rate, LearnedOptimizer(adapt=...) (default 0: off)")
+    ev.add_argument("--adapt", type=float, default=None,
+                    help="the learned optimizer's step-size adaptation rate, LearnedOptimizer(adapt=...) (default: the rate "
+                         "the weights were meta-trained under, 0 for the shipped ones)")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
     ev.set_defaults(func=_eval)
 
@@ -189,6 +190,8 @@ def _train(args) -> int:
                          "rollbacks": summary.rollbacks,
                          "best_val_log_loss_ratio": None if math.isinf(summary.best_val) else summary.best_val,
                          "command": ("l2o " + " ".join(sys.argv[1:])) if "meta" in sys.argv[1:2] else None}}
+    if args.adapt:  # what the weights were trained to run under: LearnedOptimizer's default for them
+        card["deploy"] = {"adapt": args.adapt}
     final = f"{args.out}/weights.safetensors"
     save_rule(final, rule, card)
     print(f"final weights: {final}")
@@ -218,7 +221,7 @@ def _eval(args) -> int:
     grid = [float(x) for x in args.adam_grid.split(",") if x]
     if not grid:
         raise ValueError(f"--adam-grid must list at least one learning rate, got {args.adam_grid!r}")
-    if not 0.0 <= args.adapt < float("inf"):
+    if args.adapt is not None and not 0.0 <= args.adapt < float("inf"):
         raise ValueError(f"--adapt must be a finite number >= 0, got {args.adapt}")
     results = compare_with_adam(rule, args.task, kwargs, budgets=list(args.steps), seeds=args.seeds, adam_grid=grid,
                                 tune_seeds=args.tune_seeds, adapt=args.adapt)

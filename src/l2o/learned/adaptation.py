@@ -23,6 +23,12 @@ MAX_LOG_SCALE = math.log(1e4)
 ADAPT_KEYS = ("log_scale", "prev_step")
 
 
+def default_adapt(rule) -> float:
+    """The adaptation rate ``rule`` was meta-trained under (``l2o meta train --adapt``, kept in its
+    weights file's ``deploy`` entry and set by ``load_rule``); 0 for any other rule."""
+    return float(getattr(rule, "deploy_defaults", {}).get("adapt", 0.0))
+
+
 def next_log_scale(log_scale: Tensor, g: Tensor, u: Tensor, kappa: float, batch_dims: int = 0) -> Tensor:
     """``clip(log_scale + kappa * cos(g, u))``, the cosine taken over the dimensions after the first
     ``batch_dims`` (one value per task when tasks are stacked), in ``log_scale``'s dtype. A zero

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from l2o.learned.adaptation import ADAPT_KEYS, next_log_scale
+from l2o.learned.adaptation import ADAPT_KEYS, default_adapt, next_log_scale
 from l2o.learned.base import LearnedRule
 
 
@@ -44,8 +44,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             each tensor rank among tensors of over 4,096 elements, cached on disk for later
             processes); without a working compiler it warns and runs
             the unfused step. Same numbers up to float rounding.
-        adapt: rate ``kappa`` of a per-tensor step-size adaptation on top of the rule (0: off, the
-            rule exactly as meta-trained). Each tensor keeps a log step multiplier ``l`` and its
+        adapt: rate ``kappa`` of a per-tensor step-size adaptation on top of the rule (0: off;
+            None, the default: the rate the weights were meta-trained under, which is 0, the rule
+            exactly as meta-trained, for every shipped rule). Each tensor keeps a log step multiplier ``l`` and its
             previous step ``u``; before each step, ``l += kappa * cos(g, u)`` (clipped to
             ``+-log(1e4)``) and the rule's step is multiplied by ``lr * exp(l)``. ``-g . u`` is the
             derivative of the loss with respect to the previous step's size (the hypergradient of
@@ -60,15 +61,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, rule: LearnedRule | None = None, lr: float = 1.0, fused: bool = False,
-                 adapt: float = 0.0):
+                 adapt: float | None = None):
         if not (lr >= 0.0):
             raise ValueError(f"lr must be >= 0, got {lr}")
-        if not (0.0 <= adapt < math.inf):
-            raise ValueError(f"adapt must be a finite number >= 0, got {adapt}")
         if rule is None:
             from l2o.learned.weights import PRETRAINED
 
             rule = PRETRAINED.load("l2l-digits")
+        if adapt is None:
+            adapt = default_adapt(rule)
+        if not (0.0 <= adapt < math.inf):
+            raise ValueError(f"adapt must be a finite number >= 0, got {adapt}")
         if not isinstance(rule, LearnedRule):
             raise ValueError(f"rule must be a LearnedRule, got {type(rule).__name__}")
         if fused and not getattr(rule, "supports_fused", False):
@@ -187,7 +190,6 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if pid in saved:
                 self.state[p] = {k: (v.to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v)
                                  for k, v in saved[pid].items()}
-
 
 
 def _copy_tensors(state: dict) -> dict:

@@ -2,7 +2,9 @@
 
 A weights file holds the rule's ``state_dict`` tensors; its l2o metadata holds at least
 ``"rule"`` (the kind, a key of :data:`l2o.learned.RULES`) and ``"config"`` (the rule's
-constructor arguments). Shipped weights live in ``l2o/learned/pretrained/<name>.safetensors``
+constructor arguments), and may hold ``"deploy"``, the ``LearnedOptimizer`` settings the weights
+were trained for (``{"adapt": kappa}`` after ``l2o meta train --adapt``), which become its
+defaults. Shipped weights live in ``l2o/learned/pretrained/<name>.safetensors``
 next to ``<name>.json``, a model card (training config, data, metrics). Loading never
 unpickles: a truncated, foreign or mis-shaped file raises :class:`l2o.io.WeightsFileError`.
 """
@@ -103,6 +105,11 @@ def load_rule(path: str | os.PathLike) -> LearnedRule:
             raise WeightsFileError(f"{path}: tensor {name!r} has dtype {tensors[name].dtype}, expected floating point")
     rule.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     rule.eval()
+    deploy = meta.get("deploy", {})
+    if not isinstance(deploy, dict):
+        raise WeightsFileError(f"{path}: its 'deploy' entry must be a mapping of LearnedOptimizer arguments, got {deploy!r}")
+    # Deployment settings the weights were trained for (e.g. {"adapt": 0.1}); LearnedOptimizer's defaults.
+    rule.deploy_defaults = dict(deploy)
     return rule
 
 

@@ -69,9 +69,9 @@ def tune_adam(task, steps: int, grid: list[float], tune_seeds: int, on_run=None)
 
 def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, Any], budgets: list[int], seeds: int = 10,
                       adam_grid: list[float] | None = None, tune_seeds: int = 3, progress: bool = True,
-                      adapt: float = 0.0) -> dict[str, Any]:
+                      adapt: float | None = None) -> dict[str, Any]:
     """Final losses of ``rule`` (as a LearnedOptimizer, with ``adapt`` its step-size adaptation
-    rate) and tuned Adam on ``task`` per budget.
+    rate; None: the rate it was meta-trained under) and tuned Adam on ``task`` per budget.
 
     Returns a JSON-friendly dict: per budget, the chosen Adam learning rate, the grid scores,
     and mean/sem of final train and test loss for both optimizers.
@@ -79,6 +79,7 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
     from tqdm import tqdm
 
     import l2o.tasks
+    from l2o.learned.adaptation import default_adapt
     from l2o.learned.optimizer import LearnedOptimizer
     from l2o.train import train
 
@@ -87,6 +88,8 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
     if not budgets or any(b < 1 for b in budgets):
         raise ValueError(f"budgets must be positive integers, got {budgets}")
     grid = adam_grid or [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    if adapt is None:
+        adapt = default_adapt(rule)
     task = l2o.tasks.get(task_name, **task_kwargs)
     out: dict[str, Any] = {"task": task_name, "task_args": task_kwargs, "seeds": seeds, "tune_seeds": tune_seeds,
                            "adam_grid": grid, "rule": rule.kind, "adapt": adapt, "budgets": {}}
