@@ -44,6 +44,22 @@ def _trainer(tmp_path, every=2, steps=6):
     return GeneralTrainer(MLPRule(hidden=4), family, config, directory=tmp_path / "ckpt")
 
 
+@pytest.mark.parametrize("decay", ["constant", "cosine"])
+def test_meta_learning_rate_follows_its_schedule(tmp_path, decay):
+    family = GeneralFamily(datasets=("regression",), widths=(4,), depths=(1,), batch_sizes=(8,), horizon=(10, 20))
+    config = GeneralConfig(outer_steps=4, batch_size=2, groups=1, unroll=5, val_every=0, meta_lr=1e-2,
+                           meta_lr_decay=decay)
+    trainer = GeneralTrainer(MLPRule(hidden=4), family, config, log=False)
+    used = []
+    step = trainer.meta_opt.step
+    trainer.meta_opt.step = lambda: (used.append(trainer.meta_opt.param_groups[0]["lr"]), step())[1]
+    trainer.train(progress_bar=False)
+    expected = [1e-2] * 4 if decay == "constant" else [1e-2 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert used == pytest.approx(expected)
+    with pytest.raises(ValueError, match="meta_lr_decay"):
+        GeneralConfig(meta_lr_decay="linear")
+
+
 def test_interrupted_run_loses_at_most_one_checkpoint_interval(tmp_path, monkeypatch):
     trainer = _trainer(tmp_path, every=2, steps=8)
     real_step = trainer._outer_step

@@ -60,6 +60,8 @@ def register(subparsers) -> None:
     train.add_argument("--batch", type=int, default=8, help="task instances advanced together")
     train.add_argument("--groups", type=int, default=4, help="episode groups in flight")
     train.add_argument("--meta-lr", type=float, default=3e-3)
+    train.add_argument("--meta-lr-decay", choices=("constant", "cosine"), default="constant",
+                       help="cosine: decay the meta learning rate to 0 over the run (default constant)")
     train.add_argument("--clip", type=float, default=1.0, help="meta-gradient global-norm clip (0: none)")
     train.add_argument("--sigma", type=float, default=0.01, help="ES/PES perturbation scale")
     train.add_argument("--pairs", type=int, default=4, help="ES/PES antithetic pairs")
@@ -174,6 +176,7 @@ def _train(args) -> int:
     start, steps = args.curriculum if args.curriculum else (None, 0)
     config = GeneralConfig(estimator=args.estimator, outer_steps=args.steps, batch_size=args.batch, groups=args.groups,
                            unroll=args.unroll, curriculum_start=start, curriculum_steps=steps, meta_lr=args.meta_lr,
+                           meta_lr_decay=args.meta_lr_decay,
                            clip=args.clip or None, sigma=args.sigma, pairs=args.pairs,
                            checkpoint_every=args.checkpoint_every, val_every=args.val_every, val_steps=args.val_steps,
                            seed=args.seed, adapt=args.adapt)

@@ -38,6 +38,7 @@ from l2o.meta.estimators import PES, antithetic_es, flatten_module, load_flat
 from l2o.tasks.base import seed_from
 
 ESTIMATORS = ("bptt", "es", "pes")
+META_LR_DECAYS = ("constant", "cosine")
 _VAL_SEED = 987_654_321
 
 
@@ -54,6 +55,9 @@ class GeneralConfig:
         curriculum_start: truncation length at the start (None: no curriculum).
         curriculum_steps: outer steps over which the truncation grows to ``unroll``.
         meta_lr: Adam learning rate of the meta-optimizer.
+        meta_lr_decay: "constant", or "cosine": the meta learning rate follows half a cosine from
+            ``meta_lr`` at the first outer step to 0 after the last (:meth:`meta_lr_at`), so that
+            the final weights are those of a settled run rather than a draw from a wandering one.
         clip: global-norm clip of the meta-gradient (None: none).
         sigma, pairs: ES/PES perturbation scale and antithetic pairs.
         second_order: BPTT through the optimizee gradients too.
@@ -75,6 +79,7 @@ class GeneralConfig:
     curriculum_start: int | None = None
     curriculum_steps: int = 0
     meta_lr: float = 3e-3
+    meta_lr_decay: str = "constant"
     clip: float | None = 1.0
     sigma: float = 0.01
     pairs: int = 4
@@ -96,12 +101,20 @@ class GeneralConfig:
             raise ValueError(f"curriculum_start must be in [1, unroll={self.unroll}], got {self.curriculum_start}")
         if not self.meta_lr > 0:
             raise ValueError(f"meta_lr must be > 0, got {self.meta_lr}")
+        if self.meta_lr_decay not in META_LR_DECAYS:
+            raise ValueError(f"meta_lr_decay must be one of {META_LR_DECAYS}, got {self.meta_lr_decay!r}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be > 0 or None, got {self.clip}")
         if not self.sigma > 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
         if not 0.0 <= self.adapt < math.inf:
             raise ValueError(f"adapt must be a finite number >= 0, got {self.adapt}")
+
+    def meta_lr_at(self, step: int) -> float:
+        """Meta learning rate of outer step ``step`` (0-based; see ``meta_lr_decay``)."""
+        if self.meta_lr_decay == "constant":
+            return self.meta_lr
+        return self.meta_lr * 0.5 * (1.0 + math.cos(math.pi * min(step / self.outer_steps, 1.0)))
 
     def unroll_at(self, step: int) -> int:
         """Truncation length at outer step ``step`` (the curriculum)."""
@@ -225,6 +238,8 @@ class GeneralTrainer:
             return math.nan, k * cfg.batch_size
         if cfg.clip is not None:
             torch.nn.utils.clip_grad_norm_(self.rule.parameters(), cfg.clip)
+        for group in self.meta_opt.param_groups:
+            group["lr"] = cfg.meta_lr_at(step)
         self.meta_opt.step()
         return value, k * cfg.batch_size
 
