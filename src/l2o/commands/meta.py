@@ -217,6 +217,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
     import json
 
+    from l2o.learned.adaptation import check_adapt
     from l2o.meta.evaluate import compare_with_adam, format_table, load_rule_by_name
 
     rule = load_rule_by_name(args.weights)
@@ -224,8 +225,8 @@ def _eval(args) -> int:
     grid = [float(x) for x in args.adam_grid.split(",") if x]
     if not grid:
         raise ValueError(f"--adam-grid must list at least one learning rate, got {args.adam_grid!r}")
-    if args.adapt is not None and not 0.0 <= args.adapt < float("inf"):
-        raise ValueError(f"--adapt must be a finite number >= 0, got {args.adapt}")
+    if args.adapt is not None:
+        check_adapt(args.adapt, "--adapt")
     results = compare_with_adam(rule, args.task, kwargs, budgets=list(args.steps), seeds=args.seeds, adam_grid=grid,
                                 tune_seeds=args.tune_seeds, adapt=args.adapt)
     print(format_table(results))

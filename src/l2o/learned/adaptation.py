@@ -23,6 +23,13 @@ MAX_LOG_SCALE = math.log(1e4)
 ADAPT_KEYS = ("log_scale", "prev_step")
 
 
+def check_adapt(kappa: float, name: str = "adapt") -> float:
+    """``kappa`` as a float, or ValueError (naming it ``name``) unless it is finite and >= 0."""
+    if not 0.0 <= kappa < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {kappa}")
+    return float(kappa)
+
+
 def default_adapt(rule) -> float:
     """The adaptation rate ``rule`` was meta-trained under (``l2o meta train --adapt``, kept in its
     weights file's ``deploy`` entry and set by ``load_rule``); 0 for any other rule."""

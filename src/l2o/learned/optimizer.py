@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from l2o.learned.adaptation import ADAPT_KEYS, default_adapt, next_log_scale
+from l2o.learned.adaptation import ADAPT_KEYS, check_adapt, default_adapt, next_log_scale
 from l2o.learned.base import LearnedRule
 
 
@@ -68,15 +68,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
             from l2o.learned.weights import PRETRAINED
 
             rule = PRETRAINED.load("l2l-digits")
-        if adapt is None:
-            adapt = default_adapt(rule)
-        if not (0.0 <= adapt < math.inf):
-            raise ValueError(f"adapt must be a finite number >= 0, got {adapt}")
+        adapt = default_adapt(rule) if adapt is None else check_adapt(adapt)
         if not isinstance(rule, LearnedRule):
             raise ValueError(f"rule must be a LearnedRule, got {type(rule).__name__}")
         if fused and not getattr(rule, "supports_fused", False):
             raise ValueError(f"fused=True needs a rule with a fused step (the MLP rule); {type(rule).__name__} has none")
-        self.fused, self.adapt = bool(fused), float(adapt)
+        self.fused, self.adapt = bool(fused), adapt
         super().__init__(params, {"lr": lr})
         devices = {p.device for group in self.param_groups for p in group["params"]}
         if len(devices) > 1:

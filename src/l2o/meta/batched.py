@@ -15,7 +15,6 @@ problems with different loss scales weigh alike.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l2o.learned.adaptation import ADAPT_KEYS, next_log_scale
+from l2o.learned.adaptation import ADAPT_KEYS, check_adapt, next_log_scale
 from l2o.learned.base import LearnedRule, ParamDict, StateDict
 from l2o.tasks.base import SupervisedTask, Task
 
@@ -144,8 +143,7 @@ def start_episode(rule: LearnedRule, tasks: list[Task], seeds: list[int], horizo
     must have the same dtype). The episode runs on the device of the rule's parameters.
     ``adapt``: the step-size adaptation's rate (see :class:`BatchedEpisode`).
     """
-    if not 0.0 <= adapt < math.inf:
-        raise ValueError(f"adapt must be a finite number >= 0, got {adapt}")
+    adapt = check_adapt(adapt)
     if len(tasks) != len(seeds) or not tasks:
         raise ValueError(f"need one seed per task and at least one task, got {len(tasks)} tasks and {len(seeds)} seeds")
     device = next((p.device for p in rule.parameters()), torch.device("cpu"))
@@ -159,8 +157,7 @@ def start_episode(rule: LearnedRule, tasks: list[Task], seeds: list[int], horizo
         for name, p in params.items():
             state[name] = {**state[name], "log_scale": p.new_zeros(len(tasks)), "prev_step": torch.zeros_like(p)}
     streams = [t.batches(g) for t, g in zip(tasks, gens)]
-    episode = BatchedEpisode(tasks, params, state, 0, int(horizon), torch.ones(len(tasks)), gens, streams, device,
-                             float(adapt))
+    episode = BatchedEpisode(tasks, params, state, 0, int(horizon), torch.ones(len(tasks)), gens, streams, device, adapt)
     with torch.no_grad():
         episode.initial_loss = batched_loss_fn(tasks[0])(params, episode.next_batch()).detach().clamp_min(1e-8)
     return episode

@@ -79,7 +79,7 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
     from tqdm import tqdm
 
     import l2o.tasks
-    from l2o.learned.adaptation import default_adapt
+    from l2o.learned.adaptation import check_adapt, default_adapt
     from l2o.learned.optimizer import LearnedOptimizer
     from l2o.train import train
 
@@ -88,8 +88,7 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
     if not budgets or any(b < 1 for b in budgets):
         raise ValueError(f"budgets must be positive integers, got {budgets}")
     grid = adam_grid or [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
-    if adapt is None:
-        adapt = default_adapt(rule)
+    adapt = default_adapt(rule) if adapt is None else check_adapt(adapt)
     task = l2o.tasks.get(task_name, **task_kwargs)
     out: dict[str, Any] = {"task": task_name, "task_args": task_kwargs, "seeds": seeds, "tune_seeds": tune_seeds,
                            "adam_grid": grid, "rule": rule.kind, "adapt": adapt, "budgets": {}}

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from l2o.learned.adaptation import check_adapt
 from l2o.learned.base import LearnedRule
 from l2o.meta.batched import BatchedEpisode, batched_unroll, start_episode
 from l2o.meta.checkpoint import (Checkpointer, generator_from_tensor, generator_to_tensor, optimizer_from_tensors,
@@ -66,8 +67,8 @@ class GeneralConfig:
         val_steps: inner steps of each validation episode.
         seed: seeds the task sampler and the ES noise.
         adapt: rate of the per-tensor step-size adaptation the rule runs under, in training and
-            validation (:mod:`l2o.learned.adaptation`; 0: off). Deploy the weights with the same
-            ``adapt``.
+            validation (:mod:`l2o.learned.adaptation`; 0: off). ``l2o meta train`` records it in the
+            weights' card, and ``LearnedOptimizer`` deploys them with it by default.
         max_rollbacks: give up after that many NaN/Inf rollbacks.
     """
 
@@ -107,8 +108,7 @@ class GeneralConfig:
             raise ValueError(f"clip must be > 0 or None, got {self.clip}")
         if not self.sigma > 0:
             raise ValueError(f"sigma must be > 0, got {self.sigma}")
-        if not 0.0 <= self.adapt < math.inf:
-            raise ValueError(f"adapt must be a finite number >= 0, got {self.adapt}")
+        check_adapt(self.adapt)
 
     def meta_lr_at(self, step: int) -> float:
         """Meta learning rate of outer step ``step`` (0-based; see ``meta_lr_decay``)."""
