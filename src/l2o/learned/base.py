@@ -28,6 +28,15 @@ ParamDict = dict[str, Tensor]
 StateDict = dict[str, dict[str, Tensor]]
 
 
+def apply_step_(p: Tensor, new_p: Tensor, scale: float) -> None:
+    """Move ``p`` in place to ``new_p`` (the rule's result), its step multiplied by ``scale``
+    (a learning-rate multiplier: 1 applies the rule exactly)."""
+    if scale == 1.0:
+        p.copy_(new_p)
+    else:
+        p.add_(new_p - p, alpha=scale)
+
+
 class LearnedRule(nn.Module, ABC):
     """Base class of learned update rules (see module docstring)."""
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from l2o.learned.base import LearnedRule, ParamDict, StateDict
+from l2o.learned.base import LearnedRule, ParamDict, StateDict, apply_step_
 
 
 def preprocess_gradients(grads: Tensor, p: float = 10.0) -> Tensor:
@@ -186,11 +186,7 @@ class LSTMRule(LearnedRule):
         for n, d in zip(names, deltas):
             p = params[n]
             new_p = p + d.reshape(p.shape).to(p.dtype)  # as update() and LearnedOptimizer compute it
-            scale = 1.0 if lr is None else float(lr.get(n, 1.0))
-            if scale == 1.0:
-                p.copy_(new_p)
-            else:
-                p.add_(new_p - p, alpha=scale)
+            apply_step_(p, new_p, 1.0 if lr is None else float(lr.get(n, 1.0)))
 
     def update(self, grads: ParamDict, state: StateDict, params: ParamDict) -> tuple[ParamDict, StateDict]:
         names = list(params)

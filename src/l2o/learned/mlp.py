@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from l2o.learned._mlp_kernel import fused_accumulate_, fused_mlp_step_
-from l2o.learned.base import LearnedRule, ParamDict, StateDict
+from l2o.learned.base import LearnedRule, ParamDict, StateDict, apply_step_
 
 DEFAULT_BETAS = (0.5, 0.9, 0.99, 0.999)
 DEFAULT_TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
@@ -292,10 +292,7 @@ class MLPRule(LearnedRule):
     def _small_step_(self, p: Tensor, g: Tensor, st: dict[str, Tensor], scale: float) -> None:
         """The in-place step of one small tensor through the differentiable path's code."""
         new_p, new_st = self._update_tensor(p, g, st, 0)
-        if scale == 1.0:
-            p.copy_(new_p)
-        else:
-            p.add_(new_p - p, alpha=scale)
+        apply_step_(p, new_p, scale)
         st["m"].copy_(new_st["m"])
         st["v"].copy_(new_st["v"])
         st["step"] = new_st["step"]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from l2o.learned.adaptation import ADAPT_KEYS, check_adapt, default_adapt, next_log_scale
-from l2o.learned.base import LearnedRule
+from l2o.learned.base import LearnedRule, apply_step_
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -46,8 +46,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             the unfused step. Same numbers up to float rounding.
         adapt: rate ``kappa`` of a per-tensor step-size adaptation on top of the rule (0: off;
             None, the default: the rate the weights were meta-trained under, which is 0, the rule
-            exactly as meta-trained, for every shipped rule). Each tensor keeps a log step multiplier ``l`` and its
-            previous step ``u``; before each step, ``l += kappa * cos(g, u)`` (clipped to
+            exactly as meta-trained, for every shipped rule). Each tensor keeps a log step
+            multiplier ``l`` and its previous step ``u``; before each step, ``l += kappa * cos(g, u)`` (clipped to
             ``+-log(1e4)``) and the rule's step is multiplied by ``lr * exp(l)``. ``-g . u`` is the
             derivative of the loss with respect to the previous step's size (the hypergradient of
             Baydin et al. 2018), so the multiplier grows while successive steps keep pointing
@@ -144,10 +144,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             states = {key: {k: v for k, v in self.state[p].items() if k not in ADAPT_KEYS} for key, p, _ in entries}
             new_params, new_states = self.rule.update(grads, states, params)
             for key, p, lr in entries:
-                if lr == 1.0:
-                    p.copy_(new_params[key])
-                else:
-                    p.add_(new_params[key] - p, alpha=lr)
+                apply_step_(p, new_params[key], lr)
                 # A new dict (not update in place): a state_dict() taken earlier stays a snapshot.
                 kept = {k: v for k, v in self.state[p].items() if k in ADAPT_KEYS}
                 self.state[p] = {**new_states[key], **kept}
