@@ -38,8 +38,13 @@ LR_GRID = (0.5, 0.7, 1.0, 1.4, 2.0, 3.0, 5.0)  # lr; 1 (as meta-trained) is the 
 FLOOR, CEILING = math.log(1e-6), math.log(1e4)
 
 
-def run(values, tasks_per_type: int, seed: int, weights: str = "mlp-general", knob: str = "adapt") -> dict:
-    """Score every value of ``knob`` (``"adapt"`` or ``"lr"``, a ``LearnedOptimizer`` argument)."""
+TYPES = ("digits", "classification", "regression", "quadratic", "lowdim")
+
+
+def run(values, tasks_per_type: int, seed: int, weights: str = "mlp-general", knob: str = "adapt",
+        types=TYPES) -> dict:
+    """Score every value of ``knob`` (``"adapt"`` or ``"lr"``, a ``LearnedOptimizer`` argument) on
+    ``tasks_per_type`` tasks of each problem type of ``types``."""
     from l2o.learned.optimizer import LearnedOptimizer
     from l2o.meta.evaluate import load_rule_by_name
     from l2o.tasks.family import GeneralFamily
@@ -47,7 +52,6 @@ def run(values, tasks_per_type: int, seed: int, weights: str = "mlp-general", kn
 
     rule = load_rule_by_name(weights)
     gen = torch.Generator().manual_seed(seed)
-    types = ("digits", "classification", "regression", "quadratic", "lowdim")
     tasks = [(kind, GeneralFamily(datasets=(kind,)).sample(gen)) for kind in types for _ in range(tasks_per_type)]
     baseline = {"adapt": 0.0, "lr": 1.0}[knob]
     scores = {k: {t: [] for t in types} for k in values}
@@ -67,7 +71,7 @@ def run(values, tasks_per_type: int, seed: int, weights: str = "mlp-general", kn
         summary[str(value)] = {"mean": statistics.fmean(every), "median": statistics.median(every),
                                f"better_than_{knob}_{baseline:g}": wins, "per_type": per_type}
     best = min(values, key=lambda k: summary[str(k)]["mean"])
-    return {"weights": weights, "knob": knob, "tasks_per_type": tasks_per_type, "seed": seed, "grid": list(values),
+    return {"weights": weights, "knob": knob, "types": list(types), "tasks_per_type": tasks_per_type, "seed": seed, "grid": list(values),
             "scores": summary, "best": best,
             "raw": {str(k): v for k, v in scores.items()}}
 
@@ -77,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks-per-type", type=int, default=8)
     parser.add_argument("--seed", type=int, default=20261130)
     parser.add_argument("--weights", default="mlp-general", help="a shipped name or a weights file")
+    parser.add_argument("--types", default=",".join(TYPES),
+                        help=f"problem types of GeneralFamily, comma-separated (default: {','.join(TYPES)})")
     parser.add_argument("--lr", action="store_true", help=f"score the step multiplier lr over {LR_GRID} instead of kappa")
     parser.add_argument("--out", default=None, help="results file (default: benchmarks/results/mlp_adapt_select.json, "
                         "or mlp_lr_select.json with --lr)")
@@ -86,7 +92,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     start = time.perf_counter()
     result = {"command": "python benchmarks/mlp_adapt_select.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "torch": torch.__version__, **run(grid, args.tasks_per_type, args.seed, args.weights, knob)}
+              "torch": torch.__version__, **run(grid, args.tasks_per_type, args.seed, args.weights, knob,
+                                                        tuple(args.types.split(",")))}
     result["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "raw"}, indent=2))

@@ -237,3 +237,31 @@ def test_meta_training_on_cuda_follows_the_cpu(estimator):
     assert float((cpu - start).abs().max()) > 1e-3  # the rule was trained, not left as it was
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-4)
     assert abs(gpu_val - cpu_val) < 1e-3
+
+
+def test_consistent_problems_have_a_minimum_near_zero_at_varied_scales():
+    family = GeneralFamily(datasets=("consistent",), horizon=(5, 10))
+    gen = torch.Generator().manual_seed(0)
+    floors, conditions, scales, dims = [], [], [], set()
+    rule = MLPRule(hidden=4)
+    for _ in range(20):
+        tasks = family.sample_batch(gen, 2)
+        for t in tasks:
+            x = t.x_train.double()
+            design = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)  # weights and bias
+            best = torch.linalg.lstsq(design, t.y_train.double().unsqueeze(1)).solution
+            minimum = float((design @ best).squeeze(1).sub(t.y_train.double()).square().mean())
+            start = t.evaluate(t.init_params(torch.Generator().manual_seed(0)), "train")["loss"]
+            floors.append(minimum / start)
+            eig = torch.linalg.eigvalsh(x.T @ x)
+            conditions.append(float(eig.max() / eig.min()))
+            scales.append(float(t.y_train.square().mean().sqrt()))
+            dims.add(x.shape[1])
+        with torch.no_grad():
+            assert batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3).finite
+    assert 0 < min(floors) and max(floors) < 1e-4  # reachable minimum far below the initial loss
+    assert dims <= {1, 2, 3, 10, 20, 50} and len(dims) >= 4
+    assert max(c for c in conditions if c > 1.01) > 100  # condition numbers up to 1e3 ...
+    assert max(conditions) <= 1e3 * 1.01
+    assert max(scales) / min(scales) > 100  # ... and targets spread over decades
+    assert "consistent" not in DATASETS  # opt-in

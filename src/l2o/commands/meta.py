@@ -47,7 +47,8 @@ def register(subparsers) -> None:
     train.add_argument("--datasets", type=_words, default=None,
                        help="with --task general: the problem types, e.g. digits,quadratic,lowdim "
                             "(default: digits, classification, regression, quadratic; opt-in: lowdim, a few "
-                            "scalars at varied scales, and illcond, ill-conditioned least squares)")
+                            "scalars at varied scales, illcond, ill-conditioned least squares, and consistent, least "
+                            "squares with a minimum near 0)")
     train.add_argument("--activations", type=_words, default=("sigmoid", "tanh", "relu"), help="e.g. relu,tanh")
     train.add_argument("--widths", type=_ints, default=(16, 32, 64), help="hidden widths, e.g. 16,32,64")
     train.add_argument("--depths", type=_ints, default=(1, 2), help="hidden layers, e.g. 1,2")

@@ -32,7 +32,11 @@ DATASETS = ("digits", "classification", "regression", "quadratic")
 #: factors over two decades each, i.e. problems whose tensors are a few numbers at any scale.
 #: ``illcond``, least squares whose curvature spectrum spans a random condition number of 10 to 10^4
 #: (the default ``quadratic`` problems, with twice as many rows as unknowns, are well conditioned).
-EXTRA_DATASETS = ("lowdim", "illcond")
+#: ``consistent``, least squares whose targets a linear model fits up to a residual of about 1e-6 of
+#: the initial loss: the other least-squares problems have random targets, so their minimum is near
+#: their initial loss and any reasonable step size reaches it (no signal about speed), while a
+#: minimum near 0 keeps rewarding progress over six decades, as on a noiseless problem.
+EXTRA_DATASETS = ("lowdim", "illcond", "consistent")
 
 
 class MLPTask(SupervisedTask):
@@ -155,6 +159,23 @@ def _illcond_data(seed: int, dim: int):
     return a, y, a, y
 
 
+def _consistent_data(seed: int, dim: int):
+    # f(w, b) = mean((A w + b - y)^2) with y = A w* + b* + noise, the noise 1e-3 of y's RMS (so the
+    # minimum is ~1e-6 of the initial loss, above float32 rounding); A's curvature has a condition
+    # number log-uniform in [1, 1e3], A and (w*, b*) each scaled by a log-uniform factor in [0.1, 10].
+    g = torch.Generator().manual_seed(seed)
+    kappa, a_scale, w_scale = (10.0 ** (3 * float(torch.rand((), generator=g))),
+                               *(10.0 ** (2 * float(torch.rand((), generator=g)) - 1) for _ in range(2)))
+    rows = 2 * dim + 4  # more rows than the dim + 1 parameters: the noise is not fitted exactly
+    u, _ = torch.linalg.qr(torch.randn(rows, dim, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
+    s = a_scale * kappa ** (-0.5 * torch.linspace(0, 1, dim))
+    a = (u * s) @ v.T * math.sqrt(rows)  # rows of scale a_scale on average
+    clean = a @ (torch.randn(dim, generator=g) * w_scale) + float(torch.randn((), generator=g)) * w_scale
+    y = clean + 1e-3 * clean.square().mean().sqrt() * torch.randn(rows, generator=g)
+    return a, y, a, y
+
+
 @lru_cache(maxsize=1)
 def _digits_arrays():
     # One copy shared by every digits instance (batched unrolls then gather minibatches at once).
@@ -177,6 +198,8 @@ def build_task(config: TaskConfig, data_seed: int) -> MLPTask:
         arrays = _lowdim_data(data_seed, config.in_dim)
     elif config.dataset == "illcond":
         arrays = _illcond_data(data_seed, config.in_dim)
+    elif config.dataset == "consistent":
+        arrays = _consistent_data(data_seed, config.in_dim)
     else:
         raise ValueError(f"dataset must be one of {DATASETS + EXTRA_DATASETS}, got {config.dataset!r}")
     return MLPTask(*arrays, hidden=config.hidden, layers=config.layers, activation=config.activation,
@@ -224,6 +247,8 @@ class GeneralFamily(TaskFamily):
             return TaskConfig(dataset, 1, 0, "relu", None, horizon, in_dim=pick((10, 20, 50)))
         if dataset == "lowdim":
             return TaskConfig("lowdim", 1, 0, "relu", None, horizon, in_dim=pick((1, 2, 3)))
+        if dataset == "consistent":
+            return TaskConfig("consistent", 1, 0, "relu", None, horizon, in_dim=pick((1, 2, 3, 10, 20, 50)))
         if dataset == "classification":
             return TaskConfig(dataset, hidden, layers, activation, batch, horizon,
                               in_dim=pick((8, 16, 32)), n_classes=pick((2, 5, 10)))
