@@ -62,7 +62,8 @@ def register(subparsers) -> None:
     train.add_argument("--groups", type=int, default=4, help="episode groups in flight")
     train.add_argument("--meta-lr", type=float, default=3e-3)
     train.add_argument("--meta-lr-decay", choices=("constant", "cosine"), default="constant",
-                       help="cosine: decay the meta learning rate to 0 over the run (default constant)")
+                       help="cosine: decay the meta learning rate to 0 over --steps outer steps (a resumed run with "
+                            "another --steps follows the new total; default constant)")
     train.add_argument("--clip", type=float, default=1.0, help="meta-gradient global-norm clip (0: none)")
     train.add_argument("--sigma", type=float, default=0.01, help="ES/PES perturbation scale")
     train.add_argument("--pairs", type=int, default=4, help="ES/PES antithetic pairs")
