@@ -5,7 +5,8 @@ the shipped ``mlp-general``) on its own task family.
 the gradient with the previous step (docs/methods/mlp_lopt.md). This script picks ``kappa``
 without looking at the benchmark suite: it trains tasks drawn from the meta-training family
 (``GeneralFamily``, the default problem types) plus the opt-in ``lowdim`` problems (least squares
-in 1-3 weights, the family's only problems made of a few scalars), each for its own horizon,
+in 1-3 weights, the family's only problems made of a few scalars; ``--types`` picks others), each
+for its own horizon,
 with every ``kappa`` of the grid (``--lr``: every step multiplier ``lr`` instead), and scores ``log(final training loss / initial training loss)``
 (full training set; lower is better), the meta-objective's validation measure, clipped to
 ``[log 1e-6, log 1e4]`` so that separable problems driven to a loss of ~0 (whose log ratio has no
@@ -17,6 +18,8 @@ Usage::
     python benchmarks/mlp_adapt_select.py      # writes benchmarks/results/mlp_adapt_select.json
     python benchmarks/mlp_adapt_select.py --weights run/weights.safetensors --out select.json
     python benchmarks/mlp_adapt_select.py --lr     # writes benchmarks/results/mlp_lr_select.json
+    python benchmarks/mlp_adapt_select.py --lr --types consistent,quadratic \
+        --out benchmarks/results/mlp_lr_select_consistent.json   # other problem types of the family
 """
 
 from __future__ import annotations
@@ -87,13 +90,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="results file (default: benchmarks/results/mlp_adapt_select.json, "
                         "or mlp_lr_select.json with --lr)")
     args = parser.parse_args(argv)
+    from l2o.tasks.family import DATASETS, EXTRA_DATASETS
+
+    types = tuple(t for t in args.types.split(",") if t)
+    if not types or any(t not in DATASETS + EXTRA_DATASETS for t in types):
+        parser.error(f"--types: a comma-separated subset of {','.join(DATASETS + EXTRA_DATASETS)}, got {args.types!r}")
     knob, grid = ("lr", LR_GRID) if args.lr else ("adapt", GRID)
     out = args.out or str(Path(__file__).parent / "results" / f"mlp_{knob}_select.json")
     torch.set_num_threads(1)
     start = time.perf_counter()
     result = {"command": "python benchmarks/mlp_adapt_select.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "torch": torch.__version__, **run(grid, args.tasks_per_type, args.seed, args.weights, knob,
-                                                        tuple(args.types.split(",")))}
+              "torch": torch.__version__, **run(grid, args.tasks_per_type, args.seed, args.weights, knob, types)}
     result["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "raw"}, indent=2))
