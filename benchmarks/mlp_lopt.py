@@ -84,17 +84,35 @@ def digits_tasks(count: int):
     return [build_task(config, seed) for seed in range(count)]
 
 
+class ScaledGradient(torch.nn.Module):
+    """A learned rule with no per-coordinate work of its own, ``p - exp(log_lr) * g`` (one learned
+    number): meta-training with it times the optimizees' share of the work alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_lr = torch.nn.Parameter(torch.tensor(-3.0))
+
+    def init_state(self, params):
+        return {name: {} for name in params}
+
+    def update(self, grads, state, params):
+        lr = torch.exp(self.log_lr)
+        return {name: p - lr * grads[name] for name, p in params.items()}, state
+
+
 def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int, device: str = "cpu",
-                    grouped: bool | None = None) -> dict:
+                    grouped: bool | None = None, optimizee_only: bool = False) -> dict:
     """Inner steps per second: batched vs looped, interleaved rounds, medians (``device``: where
     the rule and the optimizees run; ``benchmarks/gpu_check.py`` passes cuda). ``grouped``: step
     all tensors of a task in one pass (True) or one pass per tensor (False) whatever the device;
-    None keeps the rule's default for the device (``MLPRule.grouped_devices``)."""
+    None keeps the rule's default for the device (``MLPRule.grouped_devices``).
+    ``optimizee_only``: the same measurement with :class:`ScaledGradient` in place of the MLP rule
+    (the ratio the optimizees' own forward and backward passes allow)."""
     from l2o.learned.mlp import MLPRule
     from l2o.meta.batched import batched_unroll, start_episode
 
-    rule = MLPRule().to(device)
-    if grouped is not None:
+    rule = (ScaledGradient() if optimizee_only else MLPRule()).to(device)
+    if grouped is not None and not optimizee_only:
         rule.grouped_devices = frozenset({torch.device(device).type}) if grouped else frozenset()
     tasks = digits_tasks(batch)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
@@ -299,8 +317,9 @@ def main(argv=None) -> int:
               "threads": args.threads}
     measurements = {
         "meta_training_memory": lambda: peak_memory(args.memory_steps),
-        "meta_training_throughput": lambda: meta_throughput(8, 20, args.truncations, args.rounds,
-                                                            grouped=True if args.grouped else None),
+        "meta_training_throughput": lambda: {
+            **meta_throughput(8, 20, args.truncations, args.rounds, grouped=True if args.grouped else None),
+            "optimizee_only": meta_throughput(8, 20, args.truncations, args.rounds, optimizee_only=True)},
         "step_time_1m": lambda: step_times(args.rounds, args.steps),
         "step_time_many_tensors": lambda: step_times_many_tensors(args.rounds, args.steps)}
     for part in PARTS:
