@@ -151,12 +151,18 @@ def _illcond_data(seed: int, dim: int):
     g = torch.Generator().manual_seed(seed)
     kappa = 10.0 ** (1 + 3 * float(torch.rand((), generator=g)))
     scale = 10.0 ** (float(torch.rand((), generator=g)) - 0.5)
-    u, _ = torch.linalg.qr(torch.randn(2 * dim, dim, generator=g))
-    v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
-    s = scale * kappa ** (-0.5 * torch.linspace(0, 1, dim))
-    a = (u * s) @ v.T * math.sqrt(2 * dim)  # rows of unit scale on average, as in ``quadratic``
+    a = _conditioned_matrix(g, 2 * dim, dim, kappa, scale)  # rows of unit scale on average, as in ``quadratic``
     y = torch.randn(2 * dim, generator=g)
     return a, y, a, y
+
+
+def _conditioned_matrix(g: torch.Generator, rows: int, dim: int, kappa: float, scale: float) -> Tensor:
+    # A = U diag(s) V^T * sqrt(rows), singular values log-spaced so that A^T A has condition number
+    # kappa; its rows have a norm of about ``scale`` on average.
+    u, _ = torch.linalg.qr(torch.randn(rows, dim, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
+    s = scale * kappa ** (-0.5 * torch.linspace(0, 1, dim))
+    return (u * s) @ v.T * math.sqrt(rows)
 
 
 def _consistent_data(seed: int, dim: int):
@@ -167,10 +173,7 @@ def _consistent_data(seed: int, dim: int):
     kappa, a_scale, w_scale = (10.0 ** (3 * float(torch.rand((), generator=g))),
                                *(10.0 ** (2 * float(torch.rand((), generator=g)) - 1) for _ in range(2)))
     rows = 2 * dim + 4  # more rows than the dim + 1 parameters: the noise is not fitted exactly
-    u, _ = torch.linalg.qr(torch.randn(rows, dim, generator=g))
-    v, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g))
-    s = a_scale * kappa ** (-0.5 * torch.linspace(0, 1, dim))
-    a = (u * s) @ v.T * math.sqrt(rows)  # rows of scale a_scale on average
+    a = _conditioned_matrix(g, rows, dim, kappa, a_scale)
     clean = a @ (torch.randn(dim, generator=g) * w_scale) + float(torch.randn((), generator=g)) * w_scale
     y = clean + 1e-3 * clean.square().mean().sqrt() * torch.randn(rows, generator=g)
     return a, y, a, y
