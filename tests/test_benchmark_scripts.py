@@ -47,3 +47,11 @@ def test_benchmark_part_selection_rejects_unknown_names(capsys):
                         else [flag, "no_such_part", "--out", "/dev/null"])
         assert stop.value.code == 2
         assert "no_such_part" in capsys.readouterr().err
+
+
+def test_adaptation_selection_rejects_unknown_problem_types(capsys):
+    module = _load(BENCHMARKS / "mlp_adapt_select.py")
+    with pytest.raises(SystemExit) as stop:
+        module.main(["--types", "digits,no_such_type", "--out", "/dev/null"])
+    assert stop.value.code == 2
+    assert "no_such_type" in capsys.readouterr().err
