@@ -9,7 +9,8 @@
    ``torch.optim.Adam()`` (default settings) on the same model; the MLP both as it runs by default
    and with ``fused=True`` (its network as one compiled pass; the first step, which compiles it,
    is reported apart as ``first_step_seconds``, and is cold only when Inductor's on-disk cache
-   is; ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` makes it cold). The optimizers are timed in
+   is; ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` makes it cold), and fused with the step-size
+   adaptation (``adapt=0.1``) on top. The optimizers are timed in
    interleaved rounds (each once per round) so that load from other processes hits them alike;
    medians are kept, of wall-clock time and of process CPU time (the latter is not inflated
    when another process takes the core for a while). Beside them, the MLP's matrix products
@@ -267,6 +268,9 @@ def step_times(rounds: int, steps: int) -> dict:
         "mlp matmuls only (floor)": lambda ps: MatmulsOnly(list(ps)),
         "mlp learned optimizer": lambda ps: LearnedOptimizer(ps, rule=mlp_rule()),
         "mlp learned optimizer, fused=True": lambda ps: LearnedOptimizer(ps, rule=mlp_rule(), fused=True),
+        # with the per-tensor step-size adaptation on top (one more buffer, a dot product and two norms per tensor)
+        "mlp learned optimizer, fused=True, adapt=0.1": lambda ps: LearnedOptimizer(ps, rule=mlp_rule(), fused=True,
+                                                                                     adapt=0.1),
         "lstm learned optimizer": lambda ps: LearnedOptimizer(ps, rule=lstm_rule()),
     }
     setups, first_step, model = build_optimizers(factories, one_million_model)
