@@ -111,11 +111,18 @@ def test_evolution_strategies_estimators_train(tmp_path, estimator):
     assert all(torch.isfinite(p).all() for p in rule.parameters())
 
 
-def test_lstm_rule_trains_with_the_batched_trainer(tmp_path):
+def test_lstm_rule_trains_with_the_batched_trainer(tmp_path, capsys):
     out = tmp_path / "lstm"
     assert main(["meta", "train", *TINY, "--optimizer", "lstm", "--steps", "2", "--val-every", "0",
                  "--out", str(out)]) == 0
     assert load_rule(out / "weights.safetensors").kind == "lstm"
+    # the summary line is strict JSON even without validation (no Infinity for the best score)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1], parse_constant=_refuse_constant)
+    assert summary["best_val"] is None and summary["outer_steps"] == 2
+
+
+def _refuse_constant(name):
+    raise ValueError(f"not JSON: {name}")
 
 
 def test_rule_feature_options_reach_the_saved_weights(tmp_path, capsys):

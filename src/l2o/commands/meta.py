@@ -212,7 +212,8 @@ def _train(args) -> int:
                       "seconds": round(summary.seconds, 1), "cpu_seconds": round(summary.cpu_seconds, 1),
                       "wall_seconds": round(wall, 1),
                       "inner_steps_per_second": round(summary.inner_steps_per_second, 1),
-                      "rollbacks": summary.rollbacks, "best_val": summary.best_val}))
+                      "rollbacks": summary.rollbacks,
+                      "best_val": card["training"]["best_val_log_loss_ratio"]}))  # null: no validation ran
     return 0
 
 
