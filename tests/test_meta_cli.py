@@ -161,6 +161,22 @@ def test_eval_prints_a_table_against_tuned_adam(tmp_path, capsys):
     assert results["budgets"]["5"]["adam_lr"] in (0.01, 0.1)
 
 
+def test_eval_json_is_strict_when_a_run_diverges(tmp_path, monkeypatch, capsys):
+    import l2o.meta.evaluate as evaluate
+
+    def diverged(*args, **kwargs):  # what a diverged learned run reports: infinite and NaN losses
+        return {"task": "quadratic", "adapt": 0.0, "budgets": {"5": {"adam_lr": 0.1, "learned": {
+            "train_loss": [math.inf, math.nan], "test_loss_mean": math.nan}}}}
+
+    monkeypatch.setattr(evaluate, "compare_with_adam", diverged)
+    monkeypatch.setattr(evaluate, "format_table", lambda results: "table")
+    out_json = tmp_path / "eval.json"
+    assert main(["meta", "eval", "--weights", "mlp-general", "--task", "quadratic", "--steps", "5",
+                 "--json", str(out_json)]) == 0
+    results = json.loads(out_json.read_text(), parse_constant=_refuse_constant)
+    assert results["budgets"]["5"]["learned"] == {"train_loss": [None, None], "test_loss_mean": None}
+
+
 def test_eval_with_step_adaptation(tmp_path, capsys):
     out = {}
     for adapt in ("0", "0.3"):

@@ -8,6 +8,7 @@ target, so a crash leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -38,6 +39,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with every non-finite float (a diverged run's loss, a score never set) replaced by
+    None, through dicts, lists and tuples: ``json.dumps`` would write Infinity or NaN, which
+    strict JSON readers (jq, JavaScript) reject."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:

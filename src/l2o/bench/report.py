@@ -26,6 +26,7 @@ import numpy as np
 from l2o.bench import metrics
 from l2o.bench.optimizers import BUILTINS, TUNED_PREFIX
 from l2o.bench.store import ResultsStore, canonical_json
+from l2o.io import jsonable
 
 MIN_SMOOTH_WINDOW = 10
 
@@ -225,7 +226,7 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
     lines += ["## Figures", "", "![training loss](curves_train.png)", "", "![test loss](curves_test.png)", "",
               "![learning-rate sensitivity](lr_sensitivity.png)", "", "![performance profile](performance_profile.png)",
               ""]
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary_json), indent=2))
+    (out / "summary.json").write_text(json.dumps(jsonable(summary_json), indent=2))
     _plot_curves(results, out, kind="train")
     _plot_curves(results, out, kind="test")
     _plot_lr_sensitivity(results, out)
@@ -233,16 +234,6 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
     summary = out / "summary.md"
     summary.write_text("\n".join(lines))
     return summary
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _grid_shape(n: int) -> tuple[int, int]:
@@ -337,7 +328,7 @@ def _plot_curves(results, out: Path, kind: str) -> None:
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.9 / fig.get_figheight()))
     fig.savefig(out / f"curves_{kind}.png", dpi=100)
     plt.close(fig)
-    (out / f"curves_{kind}.json").write_text(json.dumps(_jsonable(data)))
+    (out / f"curves_{kind}.json").write_text(json.dumps(jsonable(data)))
 
 
 def _plot_lr_sensitivity(results, out: Path) -> None:

@@ -234,7 +234,7 @@ def _eval(args) -> int:
                                 tune_seeds=args.tune_seeds, adapt=args.adapt)
     print(format_table(results))
     if args.json:
-        from l2o.io import atomic_write_text
+        from l2o.io import atomic_write_text, jsonable
 
-        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(jsonable(results), indent=2) + "\n")
     return 0

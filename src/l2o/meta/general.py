@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from l2o.io import jsonable
 from l2o.learned.adaptation import check_adapt
 from l2o.learned.base import LearnedRule
 from l2o.meta.batched import BatchedEpisode, batched_unroll, start_episode
@@ -352,7 +353,7 @@ class GeneralTrainer:
                 self.checkpointer.save(step, *self._snapshot(step))
                 with open(self.checkpointer.directory / "history.jsonl", "a") as f:
                     for row in self.summary.history:
-                        f.write(json.dumps(row) + "\n")
+                        f.write(json.dumps(jsonable(row)) + "\n")
                 self.summary.history.clear()
         bar.close()
         return self.summary
