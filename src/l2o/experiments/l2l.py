@@ -384,7 +384,7 @@ def run(out_dir: str | Path, config: L2LConfig | None = None, resume: bool = Fal
         progress: show progress bars.
         command: the command line recorded in the report.
     """
-    from l2o.io import atomic_write_text
+    from l2o.io import atomic_write_text, jsonable
     from l2o.learned.weights import load_rule, save_rule
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
