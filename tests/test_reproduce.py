@@ -18,7 +18,7 @@ def test_run_writes_the_report_and_is_deterministic(tmp_path):
     assert paths["report"].is_file() and paths["json"].is_file()
     assert {p.name for p in paths["plots"]} == {"curves_train.png", "curves_quadratic.png", "loss_curves.png"}
     assert all(p.stat().st_size > 10_000 for p in paths["plots"])
-    data = json.loads(paths["json"].read_text())
+    data = json.loads(paths["json"].read_text(), parse_constant=_refuse_constant)  # strict JSON
     results = data["results"]
     assert set(results) == {"train", "quadratic"}
     for setting in results.values():
@@ -28,7 +28,9 @@ def test_run_writes_the_report_and_is_deterministic(tmp_path):
             if name != l2l.LSTM_NAME:
                 # the chosen lr is the grid point with the lowest tuning score
                 assert r["lr"] in TINY.lr_grid
-                assert r["tuning"][repr(r["lr"])] == min(r["tuning"].values())
+                scores = [v for v in r["tuning"].values() if v is not None]  # None: diverged
+                if scores:  # (if every learning rate diverged, any of them may be reported)
+                    assert r["tuning"][repr(r["lr"])] == min(scores)
     table = paths["report"].read_text()
     assert "| Adam |" in table and l2l.LSTM_NAME in table and "lr " in table
     assert (tmp_path / "a" / "l2l-digits.safetensors").is_file()
@@ -69,3 +71,7 @@ def test_cli_rejects_unknown_settings(tmp_path, capsys):
     code = main(["reproduce", "l2l", "--settings", "train,nope", "--out", str(tmp_path)])
     assert code == 2
     assert "unknown settings ['nope']" in capsys.readouterr().err
+
+
+def _refuse_constant(name):
+    raise ValueError(f"not JSON: {name}")

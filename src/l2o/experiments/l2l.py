@@ -429,7 +429,8 @@ def run(out_dir: str | Path, config: L2LConfig | None = None, resume: bool = Fal
             "final_loss": "loss on the whole training set after the last step (quadratic: f(theta_T))",
             "torch": torch.__version__}
     paths = {"json": out_dir / "results.json"}
-    atomic_write_text(paths["json"], json.dumps({"meta": meta, "results": results}, indent=1))
+    # strict JSON: a diverged run's inf (e.g. a learning rate too large in the tuning) is written as null
+    atomic_write_text(paths["json"], json.dumps(jsonable({"meta": meta, "results": results}), indent=1))
     paths["report"] = write_report(results, meta, out_dir, command)
     paths["plots"] = plot_curves(results, out_dir)
     summary = {s: {n: {"final_mean": r["optimizers"][n]["final_mean"], "lr": r["optimizers"][n]["lr"]}
