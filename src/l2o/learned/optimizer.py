@@ -128,13 +128,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state.update(self.rule.init_state({key: p.detach()})[key])
-                lr = group["lr"]
-                if self.adapt:
-                    lr *= self._adapted_multiplier(p, state)
-                entries.append((key, p, lr))
+                entries.append((key, p, group["lr"]))
                 params[key], grads[key] = p.detach(), p.grad
         if not entries:
             return loss
+        if self.adapt:
+            multipliers = self._adapted_multipliers([p for _, p, _ in entries])
+            entries = [(key, p, lr * m) for (key, p, lr), m in zip(entries, multipliers)]
         in_place = getattr(self.rule, "update_", None)
         if in_place is not None:  # the rule overwrites parameters and state: no per-step allocation
             options = {"fused": True} if self.fused else {}
@@ -153,16 +153,29 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 self.state[p]["prev_step"].sub_(p)  # held p before the step: now the step taken
         return loss
 
-    def _adapted_multiplier(self, p: torch.Tensor, state: dict) -> float:
-        """Update the tensor's log step multiplier from cos(g, previous step); exp of it. Leaves a
-        copy of ``p`` in ``state["prev_step"]``, from which ``step`` subtracts the new ``p``."""
-        if "log_scale" not in state:
-            state["log_scale"] = torch.zeros((), dtype=torch.float64, device=p.device)
-            state["prev_step"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        u, log_scale = state["prev_step"], state["log_scale"]
-        log_scale.copy_(next_log_scale(log_scale, p.grad, u, self.adapt))
-        u.copy_(p)
-        return math.exp(float(log_scale))
+    def _adapted_multipliers(self, params: list[torch.Tensor]) -> list[float]:
+        """Update each tensor's log step multiplier from cos(g, previous step); exp of each. Leaves
+        a copy of ``p`` in ``state["prev_step"]``, from which ``step`` subtracts the new ``p``. The
+        multipliers are read back together (one transfer per device and step, not one per tensor:
+        on a GPU each read waits for the device)."""
+        log_scales = []
+        for p in params:
+            state = self.state[p]
+            if "log_scale" not in state:
+                state["log_scale"] = torch.zeros((), dtype=torch.float64, device=p.device)
+                state["prev_step"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            u, log_scale = state["prev_step"], state["log_scale"]
+            log_scale.copy_(next_log_scale(log_scale, p.grad, u, self.adapt))
+            u.copy_(p)
+            log_scales.append(log_scale)
+        by_device: dict[torch.device, list[int]] = {}
+        for i, ls in enumerate(log_scales):
+            by_device.setdefault(ls.device, []).append(i)
+        values = [0.0] * len(log_scales)
+        for indices in by_device.values():
+            for i, v in zip(indices, torch.stack([log_scales[i] for i in indices]).tolist()):
+                values[i] = v
+        return [math.exp(v) for v in values]
 
     def state_dict(self) -> dict:
         """As ``torch.optim.Optimizer.state_dict``, with the state tensors copied: the result is a
