@@ -156,8 +156,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _adapted_multipliers(self, params: list[torch.Tensor]) -> list[float]:
         """Update each tensor's log step multiplier from cos(g, previous step); exp of each. Leaves
         a copy of ``p`` in ``state["prev_step"]``, from which ``step`` subtracts the new ``p``. The
-        multipliers are read back together (one transfer per device and step, not one per tensor:
-        on a GPU each read waits for the device)."""
+        multipliers are read back together (one transfer per step, not one per tensor: on a GPU
+        each read waits for the device; all parameters share one device, see ``__init__``)."""
         log_scales = []
         for p in params:
             state = self.state[p]
@@ -168,14 +168,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             log_scale.copy_(next_log_scale(log_scale, p.grad, u, self.adapt))
             u.copy_(p)
             log_scales.append(log_scale)
-        by_device: dict[torch.device, list[int]] = {}
-        for i, ls in enumerate(log_scales):
-            by_device.setdefault(ls.device, []).append(i)
-        values = [0.0] * len(log_scales)
-        for indices in by_device.values():
-            for i, v in zip(indices, torch.stack([log_scales[i] for i in indices]).tolist()):
-                values[i] = v
-        return [math.exp(v) for v in values]
+        return [math.exp(v) for v in torch.stack(log_scales).tolist()]
 
     def state_dict(self) -> dict:
         """As ``torch.optim.Optimizer.state_dict``, with the state tensors copied: the result is a
