@@ -6,9 +6,9 @@ the gradient with the previous step (docs/methods/mlp_lopt.md). This script pick
 without looking at the benchmark suite: it trains tasks drawn from the meta-training family
 (``GeneralFamily``, the default problem types) plus the opt-in ``lowdim`` problems (least squares
 in 1-3 weights, the family's only problems made of a few scalars; ``--types`` picks others), each
-for its own horizon,
-with every ``kappa`` of the grid (``--lr``: every step multiplier ``lr`` instead), and scores ``log(final training loss / initial training loss)``
-(full training set; lower is better), the meta-objective's validation measure, clipped to
+for its own horizon, with every ``kappa`` of the grid (``--lr``: every step multiplier ``lr``
+instead), and scores ``log(final training loss / initial training loss)`` (full training set;
+lower is better), the meta-objective's validation measure, clipped to
 ``[log 1e-6, log 1e4]`` so that separable problems driven to a loss of ~0 (whose log ratio has no
 floor) do not outweigh the rest. Tasks are drawn with a seed of their own (not the
 meta-training or validation seeds).
@@ -90,11 +90,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="results file (default: benchmarks/results/mlp_adapt_select.json, "
                         "or mlp_lr_select.json with --lr)")
     args = parser.parse_args(argv)
-    from l2o.tasks.family import DATASETS, EXTRA_DATASETS
+    from l2o.tasks.family import GeneralFamily
 
     types = tuple(t for t in args.types.split(",") if t)
-    if not types or any(t not in DATASETS + EXTRA_DATASETS for t in types):
-        parser.error(f"--types: a comma-separated subset of {','.join(DATASETS + EXTRA_DATASETS)}, got {args.types!r}")
+    try:  # the family's own check of the problem types, as a usage error before any work
+        GeneralFamily(datasets=types)
+    except ValueError as error:
+        parser.error(f"--types: {error}")
     knob, grid = ("lr", LR_GRID) if args.lr else ("adapt", GRID)
     out = args.out or str(Path(__file__).parent / "results" / f"mlp_{knob}_select.json")
     torch.set_num_threads(1)

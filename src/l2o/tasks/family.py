@@ -170,8 +170,9 @@ def _consistent_data(seed: int, dim: int):
     # minimum is ~1e-6 of the initial loss, above float32 rounding); A's curvature has a condition
     # number log-uniform in [1, 1e3], A and (w*, b*) each scaled by a log-uniform factor in [0.1, 10].
     g = torch.Generator().manual_seed(seed)
-    kappa, a_scale, w_scale = (10.0 ** (3 * float(torch.rand((), generator=g))),
-                               *(10.0 ** (2 * float(torch.rand((), generator=g)) - 1) for _ in range(2)))
+    kappa = 10.0 ** (3 * float(torch.rand((), generator=g)))
+    a_scale = 10.0 ** (2 * float(torch.rand((), generator=g)) - 1)
+    w_scale = 10.0 ** (2 * float(torch.rand((), generator=g)) - 1)
     rows = 2 * dim + 4  # more rows than the dim + 1 parameters: the noise is not fitted exactly
     a = _conditioned_matrix(g, rows, dim, kappa, a_scale)
     clean = a @ (torch.randn(dim, generator=g) * w_scale) + float(torch.randn((), generator=g)) * w_scale
