@@ -9,8 +9,10 @@ Correctness (on ``--device``, float32 unless said):
   mean and variance of a million normals;
 - ``torch.compile(HAdam.step)`` against the eager step;
 - the learned optimizers (``mlp-general`` on the 1M-parameter model of ``mlp_lopt.py``, unfused
-  and with ``fused=True``, ``l2l-digits`` on a small one and on the 1M-parameter one, where the
-  CPU steps it in chunks): three steps on the device against the same (unfused) steps on the CPU;
+  and with ``fused=True``, each also with the step-size adaptation ``adapt=0.1``, ``l2l-digits``
+  on a small one and on the 1M-parameter one, where the CPU steps it in chunks; ``--weights
+  FILE`` adds a rule of one's own, deployed as its card says): three steps on the device against
+  the same (unfused) steps on the CPU;
 - meta-training (``GeneralTrainer``, each estimator, 10 outer steps) on the device against the CPU.
 
 Speed: each optimizer's ``step()`` on the 50 tensors of ``step_time.py`` (2.7M parameters), as
@@ -24,6 +26,7 @@ Usage::
     python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
     python benchmarks/gpu_check.py --device cpu --rounds 2 --out /tmp/gpu_check_cpu.json   # dry run
     python benchmarks/gpu_check.py --only learned_step_time_1M --out /tmp/learned.json        # one section
+    python benchmarks/gpu_check.py --only learned_step_time_1M --weights run/weights.safetensors
 """
 
 from __future__ import annotations
@@ -120,24 +123,38 @@ def one_million_model(device):
     return mlp_lopt.one_million_model().to(device)  # the model of benchmarks/mlp_lopt.py
 
 
-def learned_vs_cpu(device) -> dict:
+def load_learned(weights: str, params, **options):
+    """A shipped name (``mlp-general``) or a weights file of ``l2o meta train``."""
     from l2o.learned.optimizer import LearnedOptimizer
 
+    if Path(weights).suffix == ".safetensors":
+        return LearnedOptimizer.from_file(weights, params, **options)
+    return LearnedOptimizer.pretrained(weights, params, **options)
+
+
+def learned_vs_cpu(device, weights: str | None = None) -> dict:
     out = {}
     def small_model(dev):
         torch.manual_seed(0)
         return torch.nn.Linear(64, 10).to(dev)
 
-    cases = (("mlp-general", one_million_model, {}), ("mlp-general fused=True", one_million_model, {"fused": True}),
-             ("l2l-digits", small_model, {}), ("l2l-digits 1M", one_million_model, {}))
-    for label, make, options in cases:
-        name = label.split()[0]
+    # (label, weights, model, options of both runs, options of the device run only): the CPU
+    # reference is the unfused step, so the fused pass on the device is checked against it
+    cases = [("mlp-general", "mlp-general", one_million_model, {}, {}),
+             ("mlp-general fused=True", "mlp-general", one_million_model, {}, {"fused": True}),
+             ("mlp-general adapt=0.1", "mlp-general", one_million_model, {"adapt": 0.1}, {}),
+             ("mlp-general fused=True adapt=0.1", "mlp-general", one_million_model, {"adapt": 0.1}, {"fused": True}),
+             ("l2l-digits", "l2l-digits", small_model, {}, {}),
+             ("l2l-digits 1M", "l2l-digits", one_million_model, {}, {})]
+    if weights is not None:
+        cases += [(f"{weights}", weights, one_million_model, {}, {}),
+                  (f"{weights} fused=True", weights, one_million_model, {}, {"fused": True})]
+    for label, name, make, options, device_options in cases:
         finals = []
         for i, dev in enumerate(("cpu", device)):
             model = make(dev)
             params = list(model.parameters())
-            # the CPU reference is the unfused step: the fused pass on the device is checked against it
-            optimizer = LearnedOptimizer.pretrained(name, params, **(options if i == 1 else {}))
+            optimizer = load_learned(name, params, **options, **(device_options if i == 1 else {}))
             for step in range(3):
                 for p, g in zip(params, grads_for([q.detach().cpu() for q in params], step)):
                     p.grad = (g * 0.01).to(dev)
@@ -157,17 +174,20 @@ def meta_training_vs_cpu(device) -> dict:
     from l2o.tasks.family import GeneralFamily
 
     out = {}
-    for estimator in ("bptt", "es", "pes"):
+    # the last case: the recipe of the consistent-problems experiment (Adam's ratios, under the adaptation)
+    for label, estimator, options in (("bptt", "bptt", {}), ("es", "es", {}), ("pes", "pes", {}),
+                                      ("bptt adam_ratios adapt=0.1", "bptt", {"adapt": 0.1})):
         vectors = []
         for dev in ("cpu", device):
             torch.manual_seed(0)
-            rule = MLPRule().to(dev)
+            rule = MLPRule(adam_ratios=bool(options)).to(dev)
             start = torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu()
             family = GeneralFamily(widths=(16, 32), depths=(1, 2), batch_sizes=(32, 64), horizon=(100, 100))
-            config = GeneralConfig(estimator=estimator, outer_steps=10, batch_size=8, groups=2, unroll=10, val_every=0)
+            config = GeneralConfig(estimator=estimator, outer_steps=10, batch_size=8, groups=2, unroll=10, val_every=0,
+                                   **options)
             GeneralTrainer(rule, family, config, directory=None, log=False).train(progress_bar=False)
             vectors.append(torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu())
-        out[estimator] = {"max_abs_diff_vs_cpu": float((vectors[0] - vectors[1]).abs().max()),
+        out[label] = {"max_abs_diff_vs_cpu": float((vectors[0] - vectors[1]).abs().max()),
                           "max_change_cpu": float((vectors[0] - start).abs().max())}
     return out
 
@@ -230,9 +250,7 @@ def optimizer_speed(device, rounds: int, steps: int) -> dict:
             for name, s in seconds.items()}
 
 
-def learned_speed(device, rounds: int, steps: int) -> dict:
-    from l2o.learned.optimizer import LearnedOptimizer
-
+def learned_speed(device, rounds: int, steps: int, weights: str | None = None) -> dict:
     def setup(factory):
         model = one_million_model(device)
         gen = torch.Generator().manual_seed(1)
@@ -241,9 +259,14 @@ def learned_speed(device, rounds: int, steps: int) -> dict:
         return factory(list(model.parameters())).step
 
     setups = {"adam (default)": setup(lambda ps: torch.optim.Adam(ps)),
-              "mlp-general": setup(lambda ps: LearnedOptimizer.pretrained("mlp-general", ps)),
-              "mlp-general fused=True": setup(lambda ps: LearnedOptimizer.pretrained("mlp-general", ps, fused=True)),
-              "l2l-digits (LSTM)": setup(lambda ps: LearnedOptimizer.pretrained("l2l-digits", ps))}
+              "mlp-general": setup(lambda ps: load_learned("mlp-general", ps)),
+              "mlp-general fused=True": setup(lambda ps: load_learned("mlp-general", ps, fused=True)),
+              "mlp-general adapt=0.1": setup(lambda ps: load_learned("mlp-general", ps, adapt=0.1)),
+              "mlp-general fused=True adapt=0.1": setup(lambda ps: load_learned("mlp-general", ps, fused=True, adapt=0.1)),
+              "l2l-digits (LSTM)": setup(lambda ps: load_learned("l2l-digits", ps))}
+    if weights is not None:  # deployed as its card says (adaptation included)
+        setups[weights] = setup(lambda ps: load_learned(weights, ps))
+        setups[f"{weights} fused=True"] = setup(lambda ps: load_learned(weights, ps, fused=True))
     seconds = time_steps(setups, device, rounds, steps)
     adam = seconds["adam (default)"]
     return {name: {"ms": 1e3 * s, "ratio_to_adam": s / adam} for name, s in seconds.items()}
@@ -256,6 +279,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu_check.json"))
     parser.add_argument("--only", default=None, help="comma-separated section names (default: all)")
+    parser.add_argument("--weights", default=None,
+                        help="a weights file of `l2o meta train` to check and time beside the shipped rules")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: nothing to check (use --device cpu for a dry run)", file=sys.stderr)
@@ -265,9 +290,9 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "python": platform.python_version(),
               "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()}
     sections = [("foreach_vs_loop", foreach_parity), ("sgld_philox", philox_checks),
-                ("hadam_compiled_vs_eager", compiled_hadam), ("learned_device_vs_cpu", learned_vs_cpu),
+                ("hadam_compiled_vs_eager", compiled_hadam), ("learned_device_vs_cpu", lambda d: learned_vs_cpu(d, args.weights)),
                 ("step_time_2_7M", lambda d: optimizer_speed(d, args.rounds, args.steps)),
-                ("learned_step_time_1M", lambda d: learned_speed(d, args.rounds, max(1, args.steps // 5))),
+                ("learned_step_time_1M", lambda d: learned_speed(d, args.rounds, max(1, args.steps // 5), args.weights)),
                 ("meta_training_vs_cpu", meta_training_vs_cpu), ("meta_training_throughput", meta_training_speed)]
     if args.only is not None:
         wanted = set(args.only.split(","))

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from l2o.learned.lstm import LSTMRule
 from l2o.learned.mlp import MLPRule
 from l2o.learned.optimizer import LearnedOptimizer
 from l2o.learned.weights import PRETRAINED, load_rule, save_rule
@@ -197,6 +198,46 @@ def test_small_tensors_stepped_together_match_one_by_one(options):
         torch.testing.assert_close(runs[True][1][k]["m"], runs[False][1][k]["m"])
         assert int(runs[True][1][k]["step"]) == int(runs[False][1][k]["step"]) == (3 if k == "1" else 4)
     assert float((runs[True][0]["0"] - start[0]).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_tensor_learning_rates_step_as_floats_do(fused):
+    """LearnedOptimizer's adaptation passes its multipliers as 0-d tensors off the CPU (no read-back
+    from the device): every path of the step (deployment chunks, small tensors one by one or
+    together) uses them as it uses floats."""
+    rule = _trained_like(MLPRule(hidden=8)).double()
+    rule.fast_threshold, rule.fast_chunk = 10, 64
+    gen = torch.Generator().manual_seed(4)
+    start = {"w": torch.randn(20, 10, generator=gen, dtype=torch.float64),
+             "b": torch.randn(5, generator=gen, dtype=torch.float64), "c": torch.randn(3, generator=gen, dtype=torch.float64)}
+    lrs = {"w": 0.7, "b": 1.9, "c": 0.3}
+    runs = []
+    for as_tensor in (False, True):
+        params = {k: v.clone() for k, v in start.items()}
+        state = rule.init_state(params)
+        grad_gen = torch.Generator().manual_seed(5)
+        for t in range(3):
+            grads = {k: torch.randn(v.shape, generator=grad_gen, dtype=torch.float64) for k, v in params.items()}
+            lr = {k: (torch.tensor(v * (1 + t), dtype=torch.float64) if as_tensor else v * (1 + t)) for k, v in lrs.items()}
+            rule.update_(grads, state, params, lr=lr, fused=fused)
+        runs.append(params)
+    for k in start:
+        torch.testing.assert_close(runs[1][k], runs[0][k], rtol=1e-12, atol=1e-14)
+        assert float((runs[1][k] - start[k]).abs().max()) > 1e-3
+
+
+def test_lstm_takes_tensor_learning_rates_as_floats():
+    rule = LSTMRule().double()
+    gen = torch.Generator().manual_seed(6)
+    start = {"w": torch.randn(6, 4, generator=gen, dtype=torch.float64)}
+    grads = {"w": torch.randn(6, 4, generator=gen, dtype=torch.float64)}
+    runs = []
+    for lr in (0.4, torch.tensor(0.4, dtype=torch.float64)):
+        params = {"w": start["w"].clone()}
+        rule.update_(grads, rule.init_state(params), params, lr={"w": lr})
+        runs.append(params["w"])
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-12, atol=1e-14)
+    assert not torch.equal(runs[0], start["w"])
 
 
 def test_steps_make_no_tensors_from_python_numbers_once_warm(monkeypatch):

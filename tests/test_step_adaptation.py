@@ -129,3 +129,16 @@ def test_adapt_with_the_fused_step_matches_the_unfused_one():
     (x_plain, l_plain), (x_fused, l_fused) = run(False), run(True)
     assert l_plain != 0.0 and l_fused == pytest.approx(l_plain, rel=1e-4)
     torch.testing.assert_close(x_fused, x_plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, fused", [("mlp-general", False), ("mlp-general", True), ("l2l-digits", False)])
+def test_off_the_cpu_the_multipliers_are_never_read_back(name, fused):
+    """On a GPU, reading a value back waits for the device at every step. PyTorch's meta device
+    has no values at all: the adapted step runs there only if nothing is read back."""
+    x = torch.zeros(20, 10, device="meta", requires_grad=True)
+    b = torch.zeros(5, device="meta", requires_grad=True)
+    opt = LearnedOptimizer.pretrained(name, [x, b], adapt=0.1, fused=fused)
+    for _ in range(2):
+        x.grad, b.grad = torch.ones_like(x), torch.ones_like(b)
+        opt.step()
+    assert opt.state[x]["log_scale"].device.type == "meta"

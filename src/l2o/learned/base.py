@@ -28,10 +28,13 @@ ParamDict = dict[str, Tensor]
 StateDict = dict[str, dict[str, Tensor]]
 
 
-def apply_step_(p: Tensor, new_p: Tensor, scale: float) -> None:
+def apply_step_(p: Tensor, new_p: Tensor, scale: float | Tensor) -> None:
     """Move ``p`` in place to ``new_p`` (the rule's result), its step multiplied by ``scale``
-    (a learning-rate multiplier: 1 applies the rule exactly)."""
-    if scale == 1.0:
+    (a learning-rate multiplier: 1 applies the rule exactly; a 0-d tensor stays on the device,
+    see ``LearnedOptimizer``'s adaptation)."""
+    if isinstance(scale, Tensor):
+        p.add_((new_p - p).mul_(scale))
+    elif scale == 1.0:
         p.copy_(new_p)
     else:
         p.add_(new_p - p, alpha=scale)

@@ -141,7 +141,7 @@ class LSTMRule(LearnedRule):
 
     @torch.no_grad()
     def update_(self, grads: ParamDict, state: StateDict, params: ParamDict,
-                lr: dict[str, float] | None = None) -> None:
+                lr: dict[str, float | Tensor] | None = None) -> None:
         """The step of :meth:`update` done in place (deployment; no autograd).
 
         The coordinates of all tensors with a gradient form one stream, as in :meth:`update`,
@@ -150,7 +150,7 @@ class LSTMRule(LearnedRule):
         the ``small`` benchmark suite) the arithmetic is exactly that of :meth:`update`; otherwise
         the results agree up to float rounding (a matrix product over fewer rows may round
         differently). ``lr[name]`` scales a tensor's step as ``LearnedOptimizer`` does with
-        out-of-place rules.
+        out-of-place rules (a float, or a 0-d tensor on the parameters' device).
         """
         names = [n for n in params if grads.get(n) is not None and params[n].numel() > 0]
         if not names:
@@ -186,7 +186,7 @@ class LSTMRule(LearnedRule):
         for n, d in zip(names, deltas):
             p = params[n]
             new_p = p + d.reshape(p.shape).to(p.dtype)  # as update() and LearnedOptimizer compute it
-            apply_step_(p, new_p, 1.0 if lr is None else float(lr.get(n, 1.0)))
+            apply_step_(p, new_p, 1.0 if lr is None else lr.get(n, 1.0))
 
     def update(self, grads: ParamDict, state: StateDict, params: ParamDict) -> tuple[ParamDict, StateDict]:
         names = list(params)

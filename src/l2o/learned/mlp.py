@@ -244,14 +244,15 @@ class MLPRule(LearnedRule):
     fast_chunk: int = 65536
 
     @torch.no_grad()
-    def update_(self, grads: ParamDict, state: StateDict, params: ParamDict, lr: dict[str, float] | None = None,
-                fused: bool = False) -> None:
+    def update_(self, grads: ParamDict, state: StateDict, params: ParamDict,
+                lr: dict[str, float | Tensor] | None = None, fused: bool = False) -> None:
         """The step of :meth:`update` done in place (deployment; no autograd).
 
         ``params[name]`` and the tensors in ``state[name]`` are overwritten: no memory is allocated
         per step for the new parameters and accumulators (fresh allocations of this size cost
         page faults that take longer than the step's arithmetic). ``lr[name]`` multiplies the
-        step (default 1). Tensors without a gradient are left alone. ``fused``: tensors of more
+        step (default 1): a float, or a 0-d tensor on the parameters' device, which the step uses
+        there without reading it back (``LearnedOptimizer``'s adaptation on a GPU). Tensors without a gradient are left alone. ``fused``: tensors of more
         than ``fast_threshold`` coordinates take two compiled passes
         (:mod:`l2o.learned._mlp_kernel`; compiled on first use), and the smaller ones are stepped
         together (:meth:`_small_steps_`) instead of one by one. Both give the same numbers up to
@@ -263,7 +264,7 @@ class MLPRule(LearnedRule):
             if g is None or p.numel() == 0:
                 continue
             st = state[name]
-            scale = 1.0 if lr is None else float(lr.get(name, 1.0))
+            scale = 1.0 if lr is None else lr.get(name, 1.0)
             work = self._work_dtype(p.dtype)
             for key in ("m", "v", "step"):  # state made for another dtype (e.g. model.double() since)
                 if st[key].dtype != work:
@@ -289,7 +290,7 @@ class MLPRule(LearnedRule):
         ``dtype`` if that is wider (a float64 optimizee under a float32 rule in meta-training)."""
         return torch.promote_types(dtype, self.coord_in.weight.dtype)
 
-    def _small_step_(self, p: Tensor, g: Tensor, st: dict[str, Tensor], scale: float) -> None:
+    def _small_step_(self, p: Tensor, g: Tensor, st: dict[str, Tensor], scale: float | Tensor) -> None:
         """The in-place step of one small tensor through the differentiable path's code."""
         new_p, new_st = self._update_tensor(p, g, st, 0)
         apply_step_(p, new_p, scale)
@@ -297,7 +298,7 @@ class MLPRule(LearnedRule):
         st["v"].copy_(new_st["v"])
         st["step"] = new_st["step"]
 
-    def _small_steps_(self, items: list[tuple[Tensor, Tensor, dict[str, Tensor], float]]) -> None:
+    def _small_steps_(self, items: list[tuple[Tensor, Tensor, dict[str, Tensor], float | Tensor]]) -> None:
         """The in-place step of many small tensors (one dtype and device) as one computation
         (``update_(..., fused=True)``).
 
@@ -312,8 +313,11 @@ class MLPRule(LearnedRule):
         nb = len(self.betas)
         dtype, device = sts[0]["v"].dtype, ps[0].device  # the work dtype (``update_``)
         seg, _ = self._segments(sizes, dtype, device)
-        lr = self._constant(("lr", lrs, tuple(sizes), dtype, device),
-                            lambda: torch.tensor(lrs, dtype=dtype, device=device)[seg])
+        if any(isinstance(x, Tensor) for x in lrs):  # multipliers on the device: gathered there
+            lr = torch.stack([torch.as_tensor(x, dtype=dtype, device=device) for x in lrs])[seg]
+        else:
+            lr = self._constant(("lr", lrs, tuple(sizes), dtype, device),
+                                lambda: torch.tensor(lrs, dtype=dtype, device=device)[seg])
         new_p, m, v, steps = self._grouped_pass(
             torch.cat([x.reshape(-1).to(dtype) for x in gs]).view(1, 1, -1),
             torch.cat([x.reshape(-1).to(dtype) for x in ps]).view(1, 1, -1),
@@ -376,7 +380,7 @@ class MLPRule(LearnedRule):
         return views
 
     def _fast_step(self, p: Tensor, g: Tensor, m_old: Tensor, v_old: Tensor, step_old: Tensor,
-                   p_out: Tensor, m_out: Tensor, v_out: Tensor, lr: float, fused: bool = False) -> None:
+                   p_out: Tensor, m_out: Tensor, v_out: Tensor, lr: float | Tensor, fused: bool = False) -> None:
         """The step of :meth:`_update_tensor` for one tensor (no autograd), written into
         ``p_out``, ``m_out``, ``v_out`` (which may be ``p``, ``m_old``, ``v_old`` themselves),
         computed in chunks of coordinates that stay in cache, with buffers reused across steps.
@@ -430,8 +434,13 @@ class MLPRule(LearnedRule):
         w_in = self.coord_in.weight * scale
         bias = (self.coord_in.bias + self.global_in(self._global_features(step, scale, dtype))).unsqueeze(1)
         # Output rows pre-multiplied: row 0 by step_mult * lr (the step), row 1 by exp_mult.
-        out_mult = self._constant(("out_mult", self.step_mult * lr, self.exp_mult, dtype, device), lambda: torch.tensor(
-            [[self.step_mult * lr], [self.exp_mult]], dtype=dtype, device=device))
+        on_device = isinstance(lr, Tensor)
+        base = self.step_mult * (1.0 if on_device else lr)
+        out_mult = self._constant(("out_mult", base, self.exp_mult, dtype, device), lambda: torch.tensor(
+            [[base], [self.exp_mult]], dtype=dtype, device=device))
+        if on_device:
+            out_mult = out_mult.clone()
+            out_mult[0].mul_(lr)
         if self.head is None:
             w_in, bias = w_in * out_mult, bias * out_mult
         else:

@@ -153,11 +153,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 self.state[p]["prev_step"].sub_(p)  # held p before the step: now the step taken
         return loss
 
-    def _adapted_multipliers(self, params: list[torch.Tensor]) -> list[float]:
+    def _adapted_multipliers(self, params: list[torch.Tensor]) -> list[float] | list[torch.Tensor]:
         """Update each tensor's log step multiplier from cos(g, previous step); exp of each. Leaves
-        a copy of ``p`` in ``state["prev_step"]``, from which ``step`` subtracts the new ``p``. The
-        multipliers are read back together (one transfer per step, not one per tensor: on a GPU
-        each read waits for the device; all parameters share one device, see ``__init__``)."""
+        a copy of ``p`` in ``state["prev_step"]``, from which ``step`` subtracts the new ``p``.
+        On the CPU the multipliers are read back as floats (free there); elsewhere they stay on
+        the device as 0-d tensors that the rule's step multiplies by (reading them back would
+        wait for the device at every step). All parameters share one device (``__init__``)."""
         log_scales = []
         for p in params:
             state = self.state[p]
@@ -168,6 +169,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             log_scale.copy_(next_log_scale(log_scale, p.grad, u, self.adapt))
             u.copy_(p)
             log_scales.append(log_scale)
+        if params[0].device.type != "cpu":
+            return list(torch.stack(log_scales).exp().unbind())
         return [math.exp(v) for v in torch.stack(log_scales).tolist()]
 
     def state_dict(self) -> dict:
