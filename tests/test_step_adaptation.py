@@ -142,3 +142,21 @@ def test_off_the_cpu_the_multipliers_are_never_read_back(name, fused):
         x.grad, b.grad = torch.ones_like(x), torch.ones_like(b)
         opt.step()
     assert opt.state[x]["log_scale"].device.type == "meta"
+
+
+def test_many_tensors_at_once_give_each_tensors_update():
+    """LearnedOptimizer advances all multipliers in one call (fewer kernels on a GPU); each value is
+    the one-tensor update's, exactly, zero gradients and first steps included."""
+    from l2o.learned.adaptation import next_log_scale, next_log_scales
+
+    gen = torch.Generator().manual_seed(9)
+    shapes = [(4, 3), (7,), (1,), (2, 2)]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    steps = [torch.randn(s, generator=gen) for s in shapes]
+    grads[2].zero_()  # no gradient signal: unchanged
+    steps[3].zero_()  # no step yet: unchanged
+    log_scales = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    together = next_log_scales(log_scales, grads, steps, 0.3)
+    one_by_one = torch.stack([next_log_scale(l, g, u, 0.3) for l, g, u in zip(log_scales, grads, steps)])
+    assert torch.equal(together, one_by_one)
+    assert together[2] == 2.0 and together[3] == 0.0 and together[0] != 0.5

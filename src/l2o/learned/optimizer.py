@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from l2o.learned.adaptation import ADAPT_KEYS, check_adapt, default_adapt, next_log_scale
+from l2o.learned.adaptation import ADAPT_KEYS, check_adapt, default_adapt, next_log_scales
 from l2o.learned.base import LearnedRule, apply_step_
 
 
@@ -159,19 +159,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
         On the CPU the multipliers are read back as floats (free there); elsewhere they stay on
         the device as 0-d tensors that the rule's step multiplies by (reading them back would
         wait for the device at every step). All parameters share one device (``__init__``)."""
-        log_scales = []
         for p in params:
             state = self.state[p]
             if "log_scale" not in state:
                 state["log_scale"] = torch.zeros((), dtype=torch.float64, device=p.device)
                 state["prev_step"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            u, log_scale = state["prev_step"], state["log_scale"]
-            log_scale.copy_(next_log_scale(log_scale, p.grad, u, self.adapt))
-            u.copy_(p)
-            log_scales.append(log_scale)
+        states = [self.state[p] for p in params]
+        log_scales, steps = [st["log_scale"] for st in states], [st["prev_step"] for st in states]
+        new = next_log_scales(torch.stack(log_scales), [p.grad for p in params], steps, self.adapt)
+        torch._foreach_copy_(log_scales, list(new.unbind()))
+        torch._foreach_copy_(steps, params)
         if params[0].device.type != "cpu":
-            return list(torch.stack(log_scales).exp().unbind())
-        return [math.exp(v) for v in torch.stack(log_scales).tolist()]
+            return list(new.exp().unbind())
+        return [math.exp(v) for v in new.tolist()]
 
     def state_dict(self) -> dict:
         """As ``torch.optim.Optimizer.state_dict``, with the state tensors copied: the result is a
