@@ -1,5 +1,7 @@
 """Batched unrolls: stacked instances give the same losses and meta-gradients as a loop."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -175,6 +177,55 @@ def test_family_rejects_bad_arguments():
         GeneralFamily(activations=("gelu",))
     with pytest.raises(ValueError, match="horizon"):
         GeneralFamily(horizon=(10, 5))
+
+
+def test_param_scales_reparameterize_the_same_problem():
+    """With factors s, the optimizer trains phi = theta / s: the same losses, gradients s times
+    theta's, in the single and the stacked forward passes."""
+    scales = (3.0, 0.1, 0.5, 20.0)
+    plain = TaskConfig("classification", hidden=6, layers=1, activation="tanh", batch_size=10, horizon=5,
+                       in_dim=8, n_classes=3)
+    task, scaled = build_task(plain, 4), build_task(dataclasses.replace(plain, param_scales=scales), 4)
+    theta = task.init_params(torch.Generator().manual_seed(0))
+    phi = scaled.init_params(torch.Generator().manual_seed(0))
+    for (name, t), p, s in zip(theta.items(), phi.values(), scales):
+        torch.testing.assert_close(p * s, t)
+    batch = next(task.batches(torch.Generator().manual_seed(1)))
+    theta = {k: v.requires_grad_() for k, v in theta.items()}
+    phi = {k: v.requires_grad_() for k, v in phi.items()}
+    loss_theta, loss_phi = task.loss(theta, batch), scaled.loss(phi, batch)
+    torch.testing.assert_close(loss_phi, loss_theta)
+    grads_theta = torch.autograd.grad(loss_theta, list(theta.values()))
+    grads_phi = torch.autograd.grad(loss_phi, list(phi.values()))
+    for g_t, g_p, s in zip(grads_theta, grads_phi, scales):
+        torch.testing.assert_close(g_p, g_t * s)
+    stacked = scaled.per_task_loss(stack_dicts([phi, phi]), stack_batches([batch, batch]))
+    torch.testing.assert_close(stacked, torch.stack([loss_phi, loss_phi]))
+    with pytest.raises(ValueError, match="param_scales"):
+        build_task(dataclasses.replace(plain, param_scales=(1.0, 2.0)), 4)  # 4 tensors, 2 factors
+
+
+def test_family_param_scale_draws_shared_factors_per_architecture():
+    family = GeneralFamily(horizon=(5, 10), param_scale=(0.1, 10.0))
+    gen = torch.Generator().manual_seed(0)
+    rule = MLPRule(hidden=4)
+    factors = []
+    for _ in range(10):
+        tasks = family.sample_batch(gen, 2)
+        assert tasks[0].param_scales == tasks[1].param_scales  # one architecture: the instances stack
+        assert len(tasks[0].param_scales) == len(tasks[0].init_params(torch.Generator()))
+        factors += tasks[0].param_scales
+        with torch.no_grad():
+            assert batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3).finite
+    assert 0.1 <= min(factors) and max(factors) <= 10.0 and max(factors) / min(factors) > 20
+    assert family.describe()["param_scale"] == [0.1, 10.0]
+    # off by default: no factors drawn
+    default, explicit = GeneralFamily(), GeneralFamily(param_scale=(1.0, 1.0))
+    assert "param_scale" not in default.describe()
+    configs = [f.sample_config(torch.Generator().manual_seed(3)) for f in (default, explicit)]
+    assert configs[0] == configs[1] and configs[0].param_scales == ()
+    with pytest.raises(ValueError, match="param_scale"):
+        GeneralFamily(param_scale=(0.0, 1.0))
 
 
 def test_shared_data_gather_draws_the_same_minibatches_as_each_task():

@@ -191,6 +191,19 @@ def test_eval_with_step_adaptation(tmp_path, capsys):
     assert "--adapt must be a finite number >= 0" in capsys.readouterr().err
 
 
+def test_param_scale_augments_the_general_family_and_is_recorded(tmp_path, capsys):
+    general = [a if a != "regression" else "general" for a in TINY] + ["--datasets", "regression"]
+    out = tmp_path / "g"
+    assert main(["meta", "train", *general, "--param-scale", "0.1:10", "--steps", "2", "--out", str(out)]) == 0
+    card = json.loads((out / "weights.json").read_text())
+    assert card["training"]["family"]["param_scale"] == [0.1, 10.0]
+    with pytest.raises(SystemExit, match="--param-scale applies to --task general only"):
+        main(["meta", "train", *TINY, "--param-scale", "0.1:10", "--steps", "1", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):
+        main(["meta", "train", *general, "--param-scale", "10:0.1", "--steps", "1", "--out", str(tmp_path / "y")])
+    assert "expected 0 < LOW <= HIGH" in capsys.readouterr().err
+
+
 def test_bad_cli_arguments_give_clear_errors(tmp_path, capsys):
     assert main(["meta", "eval", "--weights", "no-such-weights", "--task", "quadratic"]) == 2
     assert "no-such-weights" in capsys.readouterr().err

@@ -24,6 +24,17 @@ def _pair(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected LOW:HIGH integers, got {text!r}") from exc
 
 
+def _scale_range(text: str) -> tuple[float, float]:
+    lo, _, hi = text.partition(":")
+    try:
+        pair = float(lo), float(hi or lo)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH numbers, got {text!r}") from exc
+    if not 0 < pair[0] <= pair[1] < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH, got {text!r}")
+    return pair
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x)
@@ -54,6 +65,10 @@ def register(subparsers) -> None:
     train.add_argument("--depths", type=_ints, default=(1, 2), help="hidden layers, e.g. 1,2")
     train.add_argument("--batch-sizes", type=_ints, default=(32, 64, 128), help="optimizee minibatch sizes")
     train.add_argument("--horizon", type=_pair, default=(100, 1000), help="episode length LOW:HIGH (log-uniform)")
+    train.add_argument("--param-scale", type=_scale_range, default=None, metavar="LOW:HIGH",
+                       help="with --task general: train each parameter tensor phi of a problem whose network uses "
+                            "s * phi, s log-uniform in LOW:HIGH (task augmentation: the step size a tensor needs "
+                            "varies by HIGH/LOW; default: none)")
     train.add_argument("--unroll", type=int, default=20, help="truncation length (inner steps per meta-update)")
     train.add_argument("--curriculum", type=_pair, default=None, metavar="START:STEPS",
                        help="grow the truncation linearly from START to --unroll over STEPS meta-updates")
@@ -158,11 +173,12 @@ def _train(args) -> int:
 
     torch.set_num_threads(args.threads)
     device = _device(args.device)
-    if args.datasets is not None and args.task != "general":
-        raise SystemExit("--datasets applies to --task general only")
+    for flag in ("datasets", "param_scale"):
+        if getattr(args, flag) is not None and args.task != "general":
+            raise SystemExit(f"--{flag.replace('_', '-')} applies to --task general only")
     datasets = (args.datasets or DATASETS) if args.task == "general" else (args.task,)
     family = GeneralFamily(datasets=datasets, widths=args.widths, depths=args.depths, activations=args.activations,
-                           batch_sizes=args.batch_sizes, horizon=args.horizon)
+                           batch_sizes=args.batch_sizes, horizon=args.horizon, param_scale=args.param_scale or (1.0, 1.0))
     if args.optimizer == "mlp":
         from l2o.learned.mlp import MLPRule
 

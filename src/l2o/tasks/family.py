@@ -14,6 +14,7 @@ instances at once with batched matmuls, which is what batched meta-training uses
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -51,11 +52,15 @@ class MLPTask(SupervisedTask):
         batch_size: minibatch size (None: full batch).
         steps: default budget (the horizon).
         name: name used in reports.
+        param_scales: one factor per parameter tensor, in the order of :meth:`init_params` (empty:
+            none). The optimizer then trains ``phi`` with the network's weights ``s * phi``: the
+            same problem, but with gradients ``s`` times as large and a minimum ``1/s`` times as
+            far, so the step size it needs is ``1/s`` times as large ("task augmentation").
     """
 
     def __init__(self, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, hidden: int = 32,
                  layers: int = 1, activation: str = "relu", batch_size: int | None = 64, steps: int = 100,
-                 name: str = "mlp_task"):
+                 name: str = "mlp_task", param_scales: tuple[float, ...] = ()):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if hidden < 1 or layers < 0:
@@ -65,15 +70,24 @@ class MLPTask(SupervisedTask):
         self._act = ACTIVATIONS[activation]
         out = int(y_train.max()) + 1 if self.classification else (1 if y_train.dim() == 1 else y_train.shape[1])
         self.sizes = [x_train.shape[1]] + [hidden] * layers + [out]
+        n_tensors = 2 * (len(self.sizes) - 1)
+        if param_scales and (len(param_scales) != n_tensors or not all(s > 0 for s in param_scales)):
+            raise ValueError(f"param_scales must be {n_tensors} positive factors (one per tensor), got {param_scales}")
+        self.param_scales = tuple(float(s) for s in param_scales)
 
     def init_params(self, generator: torch.Generator) -> Params:
-        return init_linear_layers(self.sizes, generator)
+        params = init_linear_layers(self.sizes, generator)
+        if self.param_scales:
+            params = {k: v / s for (k, v), s in zip(params.items(), self.param_scales)}
+        return params
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Outputs for ``x`` of shape (n, d), or (B, n, d) with every parameter stacked (B, ...)."""
         n = len(self.sizes) - 1
         for i in range(n):
             w, b = params[f"layer{i}.weight"], params[f"layer{i}.bias"]
+            if self.param_scales:
+                w, b = w * self.param_scales[2 * i], b * self.param_scales[2 * i + 1]
             x = torch.matmul(x, w.transpose(-1, -2)) + b.unsqueeze(-2)
             if i < n - 1:
                 x = self._act(x)
@@ -92,7 +106,8 @@ class MLPTask(SupervisedTask):
         return (out.reshape(y.shape) - y).square().reshape(y.shape[0], -1).mean(dim=-1)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "hidden": self.hidden, "layers": self.layers, "activation": self.activation}
+        return {**super().describe(), "hidden": self.hidden, "layers": self.layers, "activation": self.activation,
+                **({"param_scales": list(self.param_scales)} if self.param_scales else {})}
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,7 @@ class TaskConfig:
     horizon: int
     in_dim: int = 0
     n_classes: int = 0
+    param_scales: tuple[float, ...] = ()
 
 
 def _classification_data(seed: int, in_dim: int, n_classes: int, n: int = 600):
@@ -207,7 +223,8 @@ def build_task(config: TaskConfig, data_seed: int) -> MLPTask:
     else:
         raise ValueError(f"dataset must be one of {DATASETS + EXTRA_DATASETS}, got {config.dataset!r}")
     return MLPTask(*arrays, hidden=config.hidden, layers=config.layers, activation=config.activation,
-                   batch_size=config.batch_size, steps=config.horizon, name=f"{config.dataset}_mlp")
+                   batch_size=config.batch_size, steps=config.horizon, name=f"{config.dataset}_mlp",
+                   param_scales=config.param_scales)
 
 
 class GeneralFamily(TaskFamily):
@@ -217,12 +234,18 @@ class GeneralFamily(TaskFamily):
         datasets: which problem types to draw from (see ``DATASETS``).
         widths, depths, activations, batch_sizes: choices drawn uniformly.
         horizon: (low, high) training budget, drawn log-uniformly.
+        param_scale: (low, high): each sampled architecture's parameter tensors get factors drawn
+            log-uniformly from it (``MLPTask``'s ``param_scales``; the instances of one
+            ``sample_batch`` share them, so that they stack), so the step size each tensor needs
+            varies by ``high / low`` (task augmentation, as in VeLO and Celo). (1, 1), the
+            default: none, and the same draws as without the option.
     """
 
     name = "general"
 
     def __init__(self, datasets=DATASETS, widths=(16, 32, 64), depths=(1, 2),
-                 activations=("sigmoid", "tanh", "relu"), batch_sizes=(32, 64, 128), horizon=(100, 1000)):
+                 activations=("sigmoid", "tanh", "relu"), batch_sizes=(32, 64, 128), horizon=(100, 1000),
+                 param_scale=(1.0, 1.0)):
         bad = [d for d in datasets if d not in DATASETS + EXTRA_DATASETS]
         if bad or not datasets:
             raise ValueError(f"datasets must be a non-empty subset of {DATASETS + EXTRA_DATASETS}, got {list(datasets)}")
@@ -231,15 +254,28 @@ class GeneralFamily(TaskFamily):
             raise ValueError(f"activations must be a non-empty subset of {sorted(ACTIVATIONS)}, got {list(activations)}")
         if not (1 <= horizon[0] <= horizon[1]):
             raise ValueError(f"horizon must be (low, high) with 1 <= low <= high, got {horizon}")
+        if not (0 < param_scale[0] <= param_scale[1] < math.inf):
+            raise ValueError(f"param_scale must be (low, high) with 0 < low <= high, got {param_scale}")
+        self.param_scale = (float(param_scale[0]), float(param_scale[1]))
         self.datasets, self.widths, self.depths = tuple(datasets), tuple(widths), tuple(depths)
         self.activations, self.batch_sizes, self.horizon = tuple(activations), tuple(batch_sizes), tuple(horizon)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "datasets": list(self.datasets), "widths": list(self.widths),
                 "depths": list(self.depths), "activations": list(self.activations),
-                "batch_sizes": list(self.batch_sizes), "horizon": list(self.horizon)}
+                "batch_sizes": list(self.batch_sizes), "horizon": list(self.horizon),
+                **({"param_scale": list(self.param_scale)} if self.param_scale != (1.0, 1.0) else {})}
 
     def sample_config(self, generator: torch.Generator) -> TaskConfig:
+        config = self._sample_architecture(generator)
+        if self.param_scale == (1.0, 1.0):
+            return config
+        lo, hi = (math.log(s) for s in self.param_scale)
+        n_tensors = 2 * (config.layers + 1)
+        scales = torch.exp(lo + (hi - lo) * torch.rand(n_tensors, generator=generator, dtype=torch.float64))
+        return dataclasses.replace(config, param_scales=tuple(scales.tolist()))
+
+    def _sample_architecture(self, generator: torch.Generator) -> TaskConfig:
         def pick(options):
             return options[int(torch.randint(0, len(options), (1,), generator=generator))]
 
