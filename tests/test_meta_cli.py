@@ -204,6 +204,30 @@ def test_param_scale_augments_the_general_family_and_is_recorded(tmp_path, capsy
     assert "expected 0 < LOW <= HIGH" in capsys.readouterr().err
 
 
+def test_init_fine_tunes_given_weights_with_their_architecture(tmp_path, capsys):
+    from l2o.learned.weights import load_rule
+
+    assert main(["meta", "train", *TINY, "--steps", "2", "--out", str(tmp_path / "a")]) == 0
+    start = load_rule(tmp_path / "a" / "weights.safetensors")
+    no_width = [a for i, a in enumerate(TINY) if a != "--hidden" and TINY[i - 1] != "--hidden"]
+    assert main(["meta", "train", *no_width, "--init", str(tmp_path / "a" / "weights.safetensors"), "--steps", "1",
+                 "--meta-lr", "1e-6", "--out", str(tmp_path / "b")]) == 0
+    tuned = load_rule(tmp_path / "b" / "weights.safetensors")
+    assert tuned.config() == start.config()  # hidden 4, not the default 16
+    moved = [float((a - b).abs().max()) for a, b in zip(tuned.state_dict().values(), start.state_dict().values())]
+    assert 0 < max(moved) < 1e-4  # one tiny meta-update away from the given weights
+    card = json.loads((tmp_path / "b" / "weights.json").read_text())
+    assert card["training"]["init"] == str(tmp_path / "a" / "weights.safetensors")
+    for extra, message in ((["--hidden", "8"], "--hidden: the rule's architecture comes from --init"),
+                           (["--optimizer", "lstm"], "--optimizer lstm, but --init"),
+                           (["--adam-ratios"], "--adam-ratios: the rule's architecture")):
+        with pytest.raises(SystemExit, match=message):
+            main(["meta", "train", *no_width, "--init", str(tmp_path / "a" / "weights.safetensors"), *extra,
+                  "--steps", "1", "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="--init 'no-such-weights' is neither a file nor shipped weights"):
+        main(["meta", "train", *no_width, "--init", "no-such-weights", "--steps", "1", "--out", str(tmp_path / "d")])
+
+
 def test_bad_cli_arguments_give_clear_errors(tmp_path, capsys):
     assert main(["meta", "eval", "--weights", "no-such-weights", "--task", "quadratic"]) == 2
     assert "no-such-weights" in capsys.readouterr().err

@@ -51,7 +51,11 @@ def register(subparsers) -> None:
     sub = meta.add_subparsers(dest="meta_command", required=True, metavar="SUBCOMMAND")
 
     train = sub.add_parser("train", help="meta-train a learned optimizer (batched; BPTT, ES or PES)")
-    train.add_argument("--optimizer", choices=("mlp", "lstm"), default="mlp", help="rule kind (default: mlp)")
+    train.add_argument("--optimizer", choices=("mlp", "lstm"), default=None,
+                       help="rule kind (default: mlp, or the kind of --init)")
+    train.add_argument("--init", default=None, metavar="WEIGHTS",
+                       help="start from these weights (a weights file or shipped weights, e.g. mlp-general) instead "
+                            "of a fresh rule: fine-tuning; the rule's architecture is theirs")
     train.add_argument("--estimator", choices=("bptt", "es", "pes"), default="bptt", help="meta-gradient estimator")
     train.add_argument("--task", choices=TASK_CHOICES, default="general",
                        help="task family: all data sets ('general') or one of them (default: general)")
@@ -179,7 +183,9 @@ def _train(args) -> int:
     datasets = (args.datasets or DATASETS) if args.task == "general" else (args.task,)
     family = GeneralFamily(datasets=datasets, widths=args.widths, depths=args.depths, activations=args.activations,
                            batch_sizes=args.batch_sizes, horizon=args.horizon, param_scale=args.param_scale or (1.0, 1.0))
-    if args.optimizer == "mlp":
+    if args.init is not None:
+        rule = _initial_rule(args)
+    elif (args.optimizer or "mlp") == "mlp":
         from l2o.learned.mlp import MLPRule
 
         rule = MLPRule(hidden=args.hidden or 16, tensor_features=args.tensor_features, adam_ratios=args.adam_ratios)
@@ -211,6 +217,8 @@ def _train(args) -> int:
                          "rollbacks": summary.rollbacks,
                          "best_val_log_loss_ratio": None if math.isinf(summary.best_val) else summary.best_val,
                          "command": ("l2o " + " ".join(sys.argv[1:])) if "meta" in sys.argv[1:2] else None}}
+    if args.init is not None:
+        card["training"]["init"] = args.init
     if args.adapt:  # what the weights were trained to run under: LearnedOptimizer's default for them
         card["deploy"] = {"adapt": args.adapt}
     final = f"{args.out}/weights.safetensors"
@@ -231,6 +239,24 @@ def _train(args) -> int:
                       "rollbacks": summary.rollbacks,
                       "best_val": card["training"]["best_val_log_loss_ratio"]}))  # null: no validation ran
     return 0
+
+
+def _initial_rule(args):
+    """The rule of ``--init``: its weights and architecture (flags that would change the
+    architecture are refused rather than ignored)."""
+    from l2o.meta.evaluate import load_rule_by_name
+
+    given = [flag for flag, value in (("--hidden", args.hidden), ("--tensor-features", args.tensor_features),
+                                      ("--adam-ratios", args.adam_ratios)) if value]
+    if given:
+        raise SystemExit(f"{', '.join(given)}: the rule's architecture comes from --init {args.init}")
+    try:
+        rule = load_rule_by_name(args.init)
+    except ValueError as error:
+        raise SystemExit(str(error).replace("--weights", "--init")) from error
+    if args.optimizer is not None and args.optimizer != rule.kind:
+        raise SystemExit(f"--optimizer {args.optimizer}, but --init {args.init} holds a {rule.kind} rule")
+    return rule
 
 
 def _eval(args) -> int:
