@@ -20,3 +20,15 @@ def uncompilable(monkeypatch):
         return replacement
 
     return install
+
+
+@pytest.fixture
+def strict_json():
+    """``strict_json(text)``: ``json.loads`` that refuses NaN and Infinity (not JSON, though Python
+    writes and reads them by default)."""
+    import json
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return lambda text: json.loads(text, parse_constant=refuse)

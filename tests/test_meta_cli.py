@@ -111,18 +111,14 @@ def test_evolution_strategies_estimators_train(tmp_path, estimator):
     assert all(torch.isfinite(p).all() for p in rule.parameters())
 
 
-def test_lstm_rule_trains_with_the_batched_trainer(tmp_path, capsys):
+def test_lstm_rule_trains_with_the_batched_trainer(tmp_path, capsys, strict_json):
     out = tmp_path / "lstm"
     assert main(["meta", "train", *TINY, "--optimizer", "lstm", "--steps", "2", "--val-every", "0",
                  "--out", str(out)]) == 0
     assert load_rule(out / "weights.safetensors").kind == "lstm"
     # the summary line is strict JSON even without validation (no Infinity for the best score)
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1], parse_constant=_refuse_constant)
+    summary = strict_json(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["best_val"] is None and summary["outer_steps"] == 2
-
-
-def _refuse_constant(name):
-    raise ValueError(f"not JSON: {name}")
 
 
 def test_rule_feature_options_reach_the_saved_weights(tmp_path, capsys):
@@ -161,7 +157,7 @@ def test_eval_prints_a_table_against_tuned_adam(tmp_path, capsys):
     assert results["budgets"]["5"]["adam_lr"] in (0.01, 0.1)
 
 
-def test_eval_json_is_strict_when_a_run_diverges(tmp_path, monkeypatch, capsys):
+def test_eval_json_is_strict_when_a_run_diverges(tmp_path, monkeypatch, capsys, strict_json):
     import l2o.meta.evaluate as evaluate
 
     def diverged(*args, **kwargs):  # what a diverged learned run reports: infinite and NaN losses
@@ -173,7 +169,7 @@ def test_eval_json_is_strict_when_a_run_diverges(tmp_path, monkeypatch, capsys):
     out_json = tmp_path / "eval.json"
     assert main(["meta", "eval", "--weights", "mlp-general", "--task", "quadratic", "--steps", "5",
                  "--json", str(out_json)]) == 0
-    results = json.loads(out_json.read_text(), parse_constant=_refuse_constant)
+    results = strict_json(out_json.read_text())
     assert results["budgets"]["5"]["learned"] == {"train_loss": [None, None], "test_loss_mean": None}
 
 

@@ -12,13 +12,13 @@ TINY = l2l.L2LConfig(seeds=2, tune_seeds=1, lr_grid=(0.1, 1.0), digits_outer_ste
                      val_every=1, val_episodes=1, checkpoint_every=1, settings=("train", "quadratic"))
 
 
-def test_run_writes_the_report_and_is_deterministic(tmp_path):
+def test_run_writes_the_report_and_is_deterministic(tmp_path, strict_json):
     torch.set_num_threads(1)
     paths = l2l.run(tmp_path / "a", TINY, progress=False, log=lambda m: None)
     assert paths["report"].is_file() and paths["json"].is_file()
     assert {p.name for p in paths["plots"]} == {"curves_train.png", "curves_quadratic.png", "loss_curves.png"}
     assert all(p.stat().st_size > 10_000 for p in paths["plots"])
-    data = json.loads(paths["json"].read_text(), parse_constant=_refuse_constant)  # strict JSON
+    data = strict_json(paths["json"].read_text())
     results = data["results"]
     assert set(results) == {"train", "quadratic"}
     for setting in results.values():
@@ -71,7 +71,3 @@ def test_cli_rejects_unknown_settings(tmp_path, capsys):
     code = main(["reproduce", "l2l", "--settings", "train,nope", "--out", str(tmp_path)])
     assert code == 2
     assert "unknown settings ['nope']" in capsys.readouterr().err
-
-
-def _refuse_constant(name):
-    raise ValueError(f"not JSON: {name}")
