@@ -252,10 +252,11 @@ class MLPRule(LearnedRule):
         per step for the new parameters and accumulators (fresh allocations of this size cost
         page faults that take longer than the step's arithmetic). ``lr[name]`` multiplies the
         step (default 1): a float, or a 0-d tensor on the parameters' device, which the step uses
-        there without reading it back (``LearnedOptimizer``'s adaptation on a GPU). Tensors without a gradient are left alone. ``fused``: tensors of more
-        than ``fast_threshold`` coordinates take two compiled passes
-        (:mod:`l2o.learned._mlp_kernel`; compiled on first use), and the smaller ones are stepped
-        together (:meth:`_small_steps_`) instead of one by one. Both give the same numbers up to
+        there without reading it back (``LearnedOptimizer``'s adaptation on a GPU). Tensors
+        without a gradient are left alone. ``fused``: tensors of more than ``fast_threshold``
+        coordinates take two compiled passes (:mod:`l2o.learned._mlp_kernel`; compiled on first
+        use), and the smaller ones are stepped together (:meth:`_small_steps_`) instead of one by
+        one. Both give the same numbers up to
         float rounding; without ``fused`` the arithmetic is exactly that of earlier releases.
         """
         small: dict[tuple[torch.dtype, torch.device], list] = {}  # the small tensors, stepped together
