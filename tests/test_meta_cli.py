@@ -133,7 +133,8 @@ def test_rule_feature_options_reach_the_saved_weights(tmp_path, capsys):
     assert LearnedOptimizer.from_file(out / "weights.safetensors", params).adapt == 0.1
     assert LearnedOptimizer.from_file(out / "weights.safetensors", params, adapt=0.0).adapt == 0.0
     assert LearnedOptimizer(params, rule=MLPRule(hidden=4)).adapt == 0.0
-    assert LearnedOptimizer.pretrained("mlp-general", params).adapt == 0.0
+    assert LearnedOptimizer.pretrained("mlp-general", params).adapt == 0.1  # its card says so
+    assert LearnedOptimizer.pretrained("mlp-general-v1", params).adapt == 0.0
     assert resolve(f"learned:{out / 'weights.safetensors'}").factory({})(params).adapt == 0.1
     assert resolve(f"learned:{out / 'weights.safetensors'}@adapt=0").factory({})(params).adapt == 0.0
     assert main(["meta", "train", *TINY, "--adapt", "-1", "--steps", "1", "--out", str(tmp_path / "bad")]) == 2

@@ -10,10 +10,10 @@ from l2o.learned import LearnedOptimizer, LSTMRule
 from l2o.learned.mlp import MLPRule
 
 
-def _quadratic_run(adapt: float, steps: int, lr: float = 1.0, target: float = 10.0):
-    """The shipped MLP rule on f(x) = 0.5 (x - target)^2 from x = 0 (a deterministic problem)."""
+def _quadratic_run(adapt: float, steps: int, lr: float = 1.0, target: float = 10.0, weights: str = "mlp-general"):
+    """A shipped MLP rule on f(x) = 0.5 (x - target)^2 from x = 0 (a deterministic problem)."""
     x = torch.zeros(3, requires_grad=True)
-    opt = LearnedOptimizer.pretrained("mlp-general", [x], lr=lr, adapt=adapt)
+    opt = LearnedOptimizer.pretrained(weights, [x], lr=lr, adapt=adapt)
     for _ in range(steps):
         opt.zero_grad()
         (0.5 * (x - target).square().sum()).backward()
@@ -28,9 +28,10 @@ def test_bad_adapt_is_refused():
 
 
 def test_adapt_zero_is_the_rule_exactly():
-    plain, _ = _quadratic_run(0.0, 20)
+    # mlp-general-v1 deploys without the adaptation: adapt=0 must step exactly as it does
+    plain, _ = _quadratic_run(0.0, 20, weights="mlp-general-v1")
     x = torch.zeros(3, requires_grad=True)
-    opt = LearnedOptimizer.pretrained("mlp-general", [x])
+    opt = LearnedOptimizer.pretrained("mlp-general-v1", [x])
     for _ in range(20):
         opt.zero_grad()
         (0.5 * (x - 10.0).square().sum()).backward()
