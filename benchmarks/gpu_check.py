@@ -9,7 +9,7 @@ Correctness (on ``--device``, float32 unless said):
   mean and variance of a million normals;
 - ``torch.compile(HAdam.step)`` against the eager step;
 - the learned optimizers (``mlp-general`` on the 1M-parameter model of ``mlp_lopt.py``, unfused
-  and with ``fused=True``, each also with the step-size adaptation ``adapt=0.1``, ``l2l-digits``
+  and with ``fused=True``, as shipped (with the step-size adaptation) and with ``adapt=0``, ``l2l-digits``
   on a small one and on the 1M-parameter one, where the CPU steps it in chunks; ``--weights
   FILE`` adds a rule of one's own, deployed as its card says): three steps on the device against
   the same (unfused) steps on the CPU;
@@ -140,10 +140,11 @@ def learned_vs_cpu(device, weights: str | None = None) -> dict:
 
     # (label, weights, model, options of both runs, options of the device run only): the CPU
     # reference is the unfused step, so the fused pass on the device is checked against it
+    # mlp-general deploys with the step-size adaptation (its card's default): also checked without it
     cases = [("mlp-general", "mlp-general", one_million_model, {}, {}),
              ("mlp-general fused=True", "mlp-general", one_million_model, {}, {"fused": True}),
-             ("mlp-general adapt=0.1", "mlp-general", one_million_model, {"adapt": 0.1}, {}),
-             ("mlp-general fused=True adapt=0.1", "mlp-general", one_million_model, {"adapt": 0.1}, {"fused": True}),
+             ("mlp-general adapt=0", "mlp-general", one_million_model, {"adapt": 0.0}, {}),
+             ("mlp-general fused=True adapt=0", "mlp-general", one_million_model, {"adapt": 0.0}, {"fused": True}),
              ("l2l-digits", "l2l-digits", small_model, {}, {}),
              ("l2l-digits 1M", "l2l-digits", one_million_model, {}, {})]
     if weights is not None:
@@ -261,8 +262,9 @@ def learned_speed(device, rounds: int, steps: int, weights: str | None = None) -
     setups = {"adam (default)": setup(lambda ps: torch.optim.Adam(ps)),
               "mlp-general": setup(lambda ps: load_learned("mlp-general", ps)),
               "mlp-general fused=True": setup(lambda ps: load_learned("mlp-general", ps, fused=True)),
-              "mlp-general adapt=0.1": setup(lambda ps: load_learned("mlp-general", ps, adapt=0.1)),
-              "mlp-general fused=True adapt=0.1": setup(lambda ps: load_learned("mlp-general", ps, fused=True, adapt=0.1)),
+              "mlp-general adapt=0": setup(lambda ps: load_learned("mlp-general", ps, adapt=0.0)),
+              "mlp-general fused=True adapt=0": setup(lambda ps: load_learned("mlp-general", ps, fused=True, adapt=0.0)),
+              "mlp-general-v1 fused=True": setup(lambda ps: load_learned("mlp-general-v1", ps, fused=True)),
               "l2l-digits (LSTM)": setup(lambda ps: load_learned("l2l-digits", ps))}
     if weights is not None:  # deployed as its card says (adaptation included)
         setups[weights] = setup(lambda ps: load_learned(weights, ps))

@@ -268,7 +268,10 @@ def step_times(rounds: int, steps: int) -> dict:
         "mlp matmuls only (floor)": lambda ps: MatmulsOnly(list(ps)),
         "mlp learned optimizer": lambda ps: LearnedOptimizer(ps, rule=mlp_rule()),
         "mlp learned optimizer, fused=True": lambda ps: LearnedOptimizer(ps, rule=mlp_rule(), fused=True),
-        # with the per-tensor step-size adaptation on top (one more buffer, a dot product and two norms per tensor)
+        # mlp-general deploys with the per-tensor step-size adaptation (its card's default; one more buffer,
+        # a dot product and two norms per tensor): the fused step with it off, and with it on at 0.1
+        "mlp learned optimizer, fused=True, adapt=0": lambda ps: LearnedOptimizer(ps, rule=mlp_rule(), fused=True,
+                                                                                   adapt=0.0),
         "mlp learned optimizer, fused=True, adapt=0.1": lambda ps: LearnedOptimizer(ps, rule=mlp_rule(), fused=True,
                                                                                      adapt=0.1),
         "lstm learned optimizer": lambda ps: LearnedOptimizer(ps, rule=lstm_rule()),
@@ -278,7 +281,8 @@ def step_times(rounds: int, steps: int) -> dict:
     times, cpu = time_interleaved(setups, rounds, lambda name: 1 if name.startswith("lstm") else steps)
     adam, adam_cpu = statistics.median(times["adam (default)"]), statistics.median(cpu["adam (default)"])
     return {"parameters": sum(p.numel() for p in model.parameters()), "rounds": rounds, "steps_per_round": steps,
-            "lstm_steps_per_round": 1, "lstm_weights": "l2l-digits",
+            "lstm_steps_per_round": 1, "lstm_weights": "l2l-digits", "mlp_weights": "mlp-general",
+            "mlp_default_adapt": LearnedOptimizer([torch.zeros(1)], rule=mlp_rule()).adapt,
             "first_step_seconds": first_step,
             "seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
             "ratio_to_adam": {k: round(statistics.median(v) / adam, 2) for k, v in times.items()},
