@@ -147,5 +147,5 @@ def _list(args) -> int:
     print("optimizers (your own learned weights): learned:PATH, e.g. learned:run/weights.safetensors from 'l2o meta train'")
     print("tuned:NAME  a learned or self-tuning optimizer with its step multiplier (lr) tuned, "
           "beside its untuned row")
-    print("NAME@adapt=KAPPA  a learned optimizer with LearnedOptimizer(adapt=KAPPA), e.g. mlp-general@adapt=0.1")
+    print("NAME@adapt=KAPPA  a learned optimizer with LearnedOptimizer(adapt=KAPPA), e.g. mlp-general@adapt=0.3")
     return 0
