@@ -221,6 +221,10 @@ def test_init_fine_tunes_given_weights_with_their_architecture(tmp_path, capsys)
         with pytest.raises(SystemExit, match=message):
             main(["meta", "train", *no_width, "--init", str(tmp_path / "a" / "weights.safetensors"), *extra,
                   "--steps", "1", "--out", str(tmp_path / "c")])
+    # shipped weights trained under the adaptation are fine-tuned under it unless told otherwise
+    assert main(["meta", "train", *no_width, "--init", "mlp-general", "--steps", "1", "--out", str(tmp_path / "e")]) == 0
+    card = json.loads((tmp_path / "e" / "weights.json").read_text())
+    assert card["training"]["config"]["adapt"] == 0.1 and card["deploy"] == {"adapt": 0.1}
     with pytest.raises(SystemExit, match="--init 'no-such-weights' is neither a file nor shipped weights"):
         main(["meta", "train", *no_width, "--init", "no-such-weights", "--steps", "1", "--out", str(tmp_path / "d")])
 

@@ -91,9 +91,10 @@ def register(subparsers) -> None:
                        help="mlp: also feed each tensor's log-RMS of g, sqrt(v) and p (the scale the normalization removes)")
     train.add_argument("--adam-ratios", action="store_true",
                        help="mlp: feed g/sqrt(v) and m/sqrt(v) bias-corrected like Adam's, not normalized per tensor")
-    train.add_argument("--adapt", type=float, default=0.0,
-                       help="meta-train under the per-tensor step-size adaptation of rate KAPPA (default 0: off); the "
-                            "weights then deploy with it by default (LearnedOptimizer(adapt=None))")
+    train.add_argument("--adapt", type=float, default=None,
+                       help="meta-train under the per-tensor step-size adaptation of rate KAPPA (default: off, or the "
+                            "rate --init's weights deploy with); the weights then deploy with it by default "
+                            "(LearnedOptimizer(adapt=None))")
     train.add_argument("--checkpoint-every", type=int, default=50)
     train.add_argument("--val-every", type=int, default=250)
     train.add_argument("--val-steps", type=int, default=200)
@@ -118,7 +119,7 @@ def register(subparsers) -> None:
     ev.add_argument("--tune-seeds", type=int, default=3, help="tuning seeds (1000.., disjoint from evaluation seeds)")
     ev.add_argument("--adapt", type=float, default=None,
                     help="the learned optimizer's step-size adaptation rate, LearnedOptimizer(adapt=...) (default: the rate "
-                         "the weights were meta-trained under, 0 for the shipped ones)")
+                         "the weights were meta-trained under: 0.1 for mlp-general, 0 for the other shipped ones)")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
     ev.set_defaults(func=_eval)
 
@@ -197,6 +198,10 @@ def _train(args) -> int:
 
         rule = LSTMRule(hidden_size=args.hidden or 20)
     rule.to(device)
+    if args.adapt is None:  # fine-tuning keeps the adaptation the given weights were trained under
+        from l2o.learned.adaptation import default_adapt
+
+        args.adapt = default_adapt(rule) if args.init is not None else 0.0
     start, steps = args.curriculum if args.curriculum else (None, 0)
     config = GeneralConfig(estimator=args.estimator, outer_steps=args.steps, batch_size=args.batch, groups=args.groups,
                            unroll=args.unroll, curriculum_start=start, curriculum_steps=steps, meta_lr=args.meta_lr,
