@@ -256,8 +256,8 @@ class MLPRule(LearnedRule):
         without a gradient are left alone. ``fused``: tensors of more than ``fast_threshold``
         coordinates take two compiled passes (:mod:`l2o.learned._mlp_kernel`; compiled on first
         use), and the smaller ones are stepped together (:meth:`_small_steps_`) instead of one by
-        one. Both give the same numbers up to
-        float rounding; without ``fused`` the arithmetic is exactly that of earlier releases.
+        one. Both give the same numbers up to float rounding; without ``fused`` the arithmetic is
+        exactly that of earlier releases.
         """
         small: dict[tuple[torch.dtype, torch.device], list] = {}  # the small tensors, stepped together
         for name, p in params.items():

@@ -39,16 +39,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
         lr: a multiplier of the rule's update (1.0 applies it exactly as meta-trained); kept
             per param group so learning-rate schedulers work.
         fused: run the rule's step as compiled passes over each tensor (rules with
-            ``supports_fused``, i.e. the MLP rule): about 2.5 times faster on large tensors on a
+            ``supports_fused``, i.e. the MLP rule): about 2.3-2.5 times faster on large tensors on a
             CPU. The first step compiles them with ``torch.compile`` (about 10-30 s on a CPU for
             each tensor rank among tensors of over 4,096 elements, cached on disk for later
             processes); without a working compiler it warns and runs
             the unfused step. Same numbers up to float rounding.
         adapt: rate ``kappa`` of a per-tensor step-size adaptation on top of the rule (0: off;
-            None, the default: the rate the weights were meta-trained under, which is 0, the rule
-            exactly as meta-trained, for every shipped rule). Each tensor keeps a log step
-            multiplier ``l`` and its previous step ``u``; before each step, ``l += kappa * cos(g, u)`` (clipped to
-            ``+-log(1e4)``) and the rule's step is multiplied by ``lr * exp(l)``. ``-g . u`` is the
+            None, the default: the rate the weights were meta-trained under, from their card: 0.1
+            for ``mlp-general``, 0 for the other shipped rules). Each tensor keeps a log step
+            multiplier ``l`` and its previous step ``u``; before each step,
+            ``l += kappa * cos(g, u)`` (clipped to ``+-log(1e4)``) and the rule's step is
+            multiplied by ``lr * exp(l)``. ``-g . u`` is the
             derivative of the loss with respect to the previous step's size (the hypergradient of
             Baydin et al. 2018), so the multiplier grows while successive steps keep pointing
             downhill and shrinks when they overshoot. Costs one more number per parameter
@@ -148,9 +149,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 # A new dict (not update in place): a state_dict() taken earlier stays a snapshot.
                 kept = {k: v for k, v in self.state[p].items() if k in ADAPT_KEYS}
                 self.state[p] = {**new_states[key], **kept}
-        if self.adapt:
-            for _, p, _ in entries:
-                self.state[p]["prev_step"].sub_(p)  # held p before the step: now the step taken
+        if self.adapt:  # prev_step held p before the step: now the step taken
+            torch._foreach_sub_([self.state[p]["prev_step"] for _, p, _ in entries], [p for _, p, _ in entries])
         return loss
 
     def _adapted_multipliers(self, params: list[torch.Tensor]) -> list[float] | list[torch.Tensor]:
@@ -159,12 +159,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         On the CPU the multipliers are read back as floats (free there); elsewhere they stay on
         the device as 0-d tensors that the rule's step multiplies by (reading them back would
         wait for the device at every step). All parameters share one device (``__init__``)."""
-        for p in params:
-            state = self.state[p]
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states):
             if "log_scale" not in state:
                 state["log_scale"] = torch.zeros((), dtype=torch.float64, device=p.device)
                 state["prev_step"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        states = [self.state[p] for p in params]
         log_scales, steps = [st["log_scale"] for st in states], [st["prev_step"] for st in states]
         new = next_log_scales(torch.stack(log_scales), [p.grad for p in params], steps, self.adapt)
         torch._foreach_copy_(log_scales, list(new.unbind()))
