@@ -126,10 +126,9 @@ def one_million_model(device):
 def load_learned(weights: str, params, **options):
     """A shipped name (``mlp-general``) or a weights file of ``l2o meta train``."""
     from l2o.learned.optimizer import LearnedOptimizer
+    from l2o.meta.evaluate import load_rule_by_name
 
-    if Path(weights).suffix == ".safetensors":
-        return LearnedOptimizer.from_file(weights, params, **options)
-    return LearnedOptimizer.pretrained(weights, params, **options)
+    return LearnedOptimizer(params, rule=load_rule_by_name(weights), **options)
 
 
 def learned_vs_cpu(device, weights: str | None = None) -> dict:
@@ -175,13 +174,15 @@ def meta_training_vs_cpu(device) -> dict:
     from l2o.tasks.family import GeneralFamily
 
     out = {}
-    # the last case: the recipe of the consistent-problems experiment (Adam's ratios, under the adaptation)
-    for label, estimator, options in (("bptt", "bptt", {}), ("es", "es", {}), ("pes", "pes", {}),
-                                      ("bptt adam_ratios adapt=0.1", "bptt", {"adapt": 0.1})):
+    # (label, estimator, rule options, trainer options); the last: the shipped recipe's stage 1
+    # (Adam's ratios, under the adaptation)
+    cases = (("bptt", "bptt", {}, {}), ("es", "es", {}, {}), ("pes", "pes", {}, {}),
+             ("bptt adam_ratios adapt=0.1", "bptt", {"adam_ratios": True}, {"adapt": 0.1}))
+    for label, estimator, rule_options, options in cases:
         vectors = []
         for dev in ("cpu", device):
             torch.manual_seed(0)
-            rule = MLPRule(adam_ratios=bool(options)).to(dev)
+            rule = MLPRule(**rule_options).to(dev)
             start = torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu()
             family = GeneralFamily(widths=(16, 32), depths=(1, 2), batch_sizes=(32, 64), horizon=(100, 100))
             config = GeneralConfig(estimator=estimator, outer_steps=10, batch_size=8, groups=2, unroll=10, val_every=0,
@@ -189,7 +190,7 @@ def meta_training_vs_cpu(device) -> dict:
             GeneralTrainer(rule, family, config, directory=None, log=False).train(progress_bar=False)
             vectors.append(torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu())
         out[label] = {"max_abs_diff_vs_cpu": float((vectors[0] - vectors[1]).abs().max()),
-                          "max_change_cpu": float((vectors[0] - start).abs().max())}
+                      "max_change_cpu": float((vectors[0] - start).abs().max())}
     return out
 
 

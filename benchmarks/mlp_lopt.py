@@ -10,7 +10,7 @@
    and with ``fused=True`` (its network as one compiled pass; the first step, which compiles it,
    is reported apart as ``first_step_seconds``, and is cold only when Inductor's on-disk cache
    is; ``TORCHINDUCTOR_FORCE_DISABLE_CACHES=1`` makes it cold), and fused with the step-size
-   adaptation (``adapt=0.1``) on top. The optimizers are timed in
+   adaptation off (``adapt=0``) and on (``adapt=0.1``; the shipped weights' default). The optimizers are timed in
    interleaved rounds (each once per round) so that load from other processes hits them alike;
    medians are kept, of wall-clock time and of process CPU time (the latter is not inflated
    when another process takes the core for a while). Beside them, the MLP's matrix products
@@ -239,6 +239,7 @@ def step_times_many_tensors(rounds: int, steps: int) -> dict:
 
 
 def step_times(rounds: int, steps: int) -> dict:
+    from l2o.learned.adaptation import default_adapt
     from l2o.learned.optimizer import LearnedOptimizer
 
     class MatmulsOnly:
@@ -282,7 +283,7 @@ def step_times(rounds: int, steps: int) -> dict:
     adam, adam_cpu = statistics.median(times["adam (default)"]), statistics.median(cpu["adam (default)"])
     return {"parameters": sum(p.numel() for p in model.parameters()), "rounds": rounds, "steps_per_round": steps,
             "lstm_steps_per_round": 1, "lstm_weights": "l2l-digits", "mlp_weights": "mlp-general",
-            "mlp_default_adapt": LearnedOptimizer([torch.zeros(1)], rule=mlp_rule()).adapt,
+            "mlp_default_adapt": default_adapt(mlp_rule()),
             "first_step_seconds": first_step,
             "seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
             "ratio_to_adam": {k: round(statistics.median(v) / adam, 2) for k, v in times.items()},

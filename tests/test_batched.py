@@ -188,7 +188,7 @@ def test_param_scales_reparameterize_the_same_problem():
     task, scaled = build_task(plain, 4), build_task(dataclasses.replace(plain, param_scales=scales), 4)
     theta = task.init_params(torch.Generator().manual_seed(0))
     phi = scaled.init_params(torch.Generator().manual_seed(0))
-    for (name, t), p, s in zip(theta.items(), phi.values(), scales):
+    for t, p, s in zip(theta.values(), phi.values(), scales):
         torch.testing.assert_close(p * s, t)
     batch = next(task.batches(torch.Generator().manual_seed(1)))
     theta = {k: v.requires_grad_() for k, v in theta.items()}
