@@ -180,7 +180,7 @@ def _train(args) -> int:
     device = _device(args.device)
     for flag in ("datasets", "param_scale"):
         if getattr(args, flag) is not None and args.task != "general":
-            raise SystemExit(f"--{flag.replace('_', '-')} applies to --task general only")
+            raise ValueError(f"--{flag.replace('_', '-')} applies to --task general only")
     datasets = (args.datasets or DATASETS) if args.task == "general" else (args.task,)
     family = GeneralFamily(datasets=datasets, widths=args.widths, depths=args.depths, activations=args.activations,
                            batch_sizes=args.batch_sizes, horizon=args.horizon, param_scale=args.param_scale or (1.0, 1.0))
@@ -193,7 +193,7 @@ def _train(args) -> int:
     else:
         for flag in ("tensor_features", "adam_ratios"):
             if getattr(args, flag):
-                raise SystemExit(f"--{flag.replace('_', '-')} applies to --optimizer mlp only")
+                raise ValueError(f"--{flag.replace('_', '-')} applies to --optimizer mlp only")
         from l2o.learned.lstm import LSTMRule
 
         rule = LSTMRule(hidden_size=args.hidden or 20)
@@ -254,13 +254,13 @@ def _initial_rule(args):
     given = [flag for flag, value in (("--hidden", args.hidden), ("--tensor-features", args.tensor_features),
                                       ("--adam-ratios", args.adam_ratios)) if value]
     if given:
-        raise SystemExit(f"{', '.join(given)}: the rule's architecture comes from --init {args.init}")
+        raise ValueError(f"{', '.join(given)}: the rule's architecture comes from --init {args.init}")
     try:
         rule = load_rule_by_name(args.init)
     except ValueError as error:
-        raise SystemExit(str(error).replace("--weights", "--init")) from error
+        raise ValueError(str(error).replace("--weights", "--init")) from error
     if args.optimizer is not None and args.optimizer != rule.kind:
-        raise SystemExit(f"--optimizer {args.optimizer}, but --init {args.init} holds a {rule.kind} rule")
+        raise ValueError(f"--optimizer {args.optimizer}, but --init {args.init} holds a {rule.kind} rule")
     return rule
 
 
