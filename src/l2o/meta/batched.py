@@ -148,7 +148,14 @@ def start_episode(rule: LearnedRule, tasks: list[Task], seeds: list[int], horizo
         raise ValueError(f"need one seed per task and at least one task, got {len(tasks)} tasks and {len(seeds)} seeds")
     device = next((p.device for p in rule.parameters()), torch.device("cpu"))
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    params = stack_dicts([t.init_params(g) for t, g in zip(tasks, gens)])
+    initial = [t.init_params(g) for t, g in zip(tasks, gens)]
+    shapes = [{k: tuple(v.shape) for k, v in p.items()} for p in initial]
+    for i, other in enumerate(shapes[1:], 1):
+        if other != shapes[0]:
+            raise ValueError(f"the tasks of a batched episode must have the same parameters to stack them: task 0 has "
+                             f"{shapes[0]}, task {i} has {other} (a family of several architectures draws one "
+                             f"architecture per batch in its sample_batch)")
+    params = stack_dicts(initial)
     params = {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
     init_batched = getattr(rule, "init_state_batched", None)
     # A coordinatewise rule without per-tensor statistics treats the task axis like any other.

@@ -88,6 +88,15 @@ class TaskFamily(ABC):
     def sample(self, generator: torch.Generator) -> Task:
         """Draw one Task."""
 
+    def sample_batch(self, generator: torch.Generator, size: int) -> list[Task]:
+        """``size`` tasks for one batched episode of family meta-training (:mod:`l2o.meta.general`),
+        whose parameters are stacked: by default ``size`` draws of :meth:`sample`, which must then
+        give tasks with the same parameter names and shapes (a family of several architectures
+        overrides this to draw one architecture per batch, as ``GeneralFamily`` does)."""
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        return [self.sample(generator) for _ in range(size)]
+
 
 class FixedFamily(TaskFamily):
     """A family that always returns tasks built by ``factory(seed)`` with a fresh seed."""
