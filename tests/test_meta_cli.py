@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -267,3 +268,49 @@ def test_train_on_cuda_then_resume_on_the_cpu(tmp_path, capsys):
     assert "resumed" in capsys.readouterr().err
     assert load_tensors(out / "last.safetensors")[1]["step"] == 6
     assert all(torch.isfinite(p).all() for p in load_rule(out / "weights.safetensors").parameters())
+
+
+FAMILY_MODULE = '''
+import torch
+from l2o.tasks import FixedFamily, ModuleTask
+
+x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+y = x.sum(dim=1)
+
+
+def net():
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def family():
+    return FixedFamily(lambda seed: ModuleTask(net, x[:48], y[:48], x[48:], y[48:], batch_size=16, steps=20), name="mine")
+
+
+not_a_family = 3
+'''
+
+
+def test_family_of_ones_own_trains_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from l2o.learned.weights import load_rule
+
+    (tmp_path / "my_family.py").write_text(FAMILY_MODULE)
+    monkeypatch.chdir(tmp_path)  # found in the working directory, as a user's module would be
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    common = ["--unroll", "5", "--batch", "2", "--groups", "1", "--hidden", "4", "--val-every", "2", "--val-steps", "5",
+              "--no-progress", "--steps", "3"]
+    out = tmp_path / "run"
+    assert main(["meta", "train", "--family", "my_family:family", *common, "--out", str(out)]) == 0
+    card = json.loads((out / "weights.json").read_text())
+    assert card["training"]["family"] == {"name": "mine", "path": "my_family:family"}
+    assert card["training"]["outer_steps"] == 3 and card["training"]["best_val_log_loss_ratio"] is not None
+    load_rule(out / "best_weights.safetensors")
+    capsys.readouterr()
+    for extra, message in ((["--family", "my_family:family", "--task", "digits"], "--task: --family my_family:family gives"),
+                           (["--family", "my_family:family", "--widths", "8", "--horizon", "5:5"],
+                            "--widths, --horizon: --family"),
+                           (["--family", "my_family:not_a_family"], "not an l2o.tasks.TaskFamily or a function returning one (got int)"),
+                           (["--family", "my_family:nope"], "module 'my_family' has no attribute 'nope' (family"),
+                           (["--family", "no_such_module:family"], "cannot import module 'no_such_module' for family")):
+        assert main(["meta", "train", *extra, *common, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("l2o: error: ") and message in err, (extra, err)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 from typing import Any
 
 
@@ -33,3 +35,37 @@ class Registry:
             )
         module, _, attr = self._entries[key].partition(":")
         return getattr(importlib.import_module(module), attr)
+
+
+def import_object(path: str, what: str) -> Any:
+    """Import ``package.module:name`` (or ``package.module.name``), the user's ``what`` (e.g.
+    "optimizer"), with errors that say which part failed. Modules in the working directory are
+    found, as under ``python -m`` (the ``l2o`` script's own directory is on the path instead)."""
+    if ":" in path:
+        module_name, _, attr = path.partition(":")
+    else:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"{what} path must look like 'package.module:name', got {path!r}")
+    try:
+        module = _import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for {what} {path!r}: {exc}") from exc
+    except Exception as exc:  # the module exists but fails while importing (a syntax error, a raise)
+        raise ValueError(f"module {module_name!r} of {what} {path!r} fails to import: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r} ({what} {path!r})") from None
+
+
+def _import_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        here = os.getcwd()
+        if exc.name != name.partition(".")[0] or here in sys.path:
+            raise
+        sys.path.insert(0, here)
+        return importlib.import_module(name)

@@ -25,11 +25,12 @@ fails to import is reported as unavailable only when it is asked for.
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from l2o._registry import import_object
 
 if TYPE_CHECKING:  # torch is imported when an optimizer is built, so the report starts fast
     import torch
@@ -135,23 +136,7 @@ def available() -> dict[str, list[str]]:
 
 def import_class(path: str) -> type:
     """Import ``package.module:Class`` or ``package.module.Class``."""
-    if ":" in path:
-        module_name, _, attr = path.partition(":")
-    else:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"optimizer path must look like 'package.module:Class', got {path!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} for optimizer {path!r}: {exc}") from exc
-    except Exception as exc:  # the module exists but fails while importing (a syntax error, a raise)
-        raise ValueError(f"module {module_name!r} of optimizer {path!r} fails to import: "
-                         f"{type(exc).__name__}: {exc}") from exc
-    try:
-        cls = getattr(module, attr)
-    except AttributeError:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (optimizer {path!r})") from None
+    cls = import_object(path, "optimizer")
     if not callable(cls):
         raise ValueError(f"optimizer {path!r} is not a class or callable")
     return cls

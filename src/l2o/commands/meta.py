@@ -57,18 +57,22 @@ def register(subparsers) -> None:
                        help="start from these weights (a weights file or shipped weights, e.g. mlp-general) instead "
                             "of a fresh rule: fine-tuning; the rule's architecture is theirs")
     train.add_argument("--estimator", choices=("bptt", "es", "pes"), default="bptt", help="meta-gradient estimator")
-    train.add_argument("--task", choices=TASK_CHOICES, default="general",
+    train.add_argument("--task", choices=TASK_CHOICES, default=None,
                        help="task family: all data sets ('general') or one of them (default: general)")
+    train.add_argument("--family", default=None, metavar="MODULE:NAME",
+                       help="a task family of your own instead of --task and its options: an l2o.tasks.TaskFamily, or "
+                            "a function returning one, importable as package.module:name (docs/methods/mlp_lopt.md)")
     train.add_argument("--datasets", type=_words, default=None,
                        help="with --task general: the problem types, e.g. digits,quadratic,lowdim "
                             "(default: digits, classification, regression, quadratic; opt-in: lowdim, a few "
                             "scalars at varied scales, illcond, ill-conditioned least squares, and consistent, least "
                             "squares with a minimum near 0)")
-    train.add_argument("--activations", type=_words, default=("sigmoid", "tanh", "relu"), help="e.g. relu,tanh")
-    train.add_argument("--widths", type=_ints, default=(16, 32, 64), help="hidden widths, e.g. 16,32,64")
-    train.add_argument("--depths", type=_ints, default=(1, 2), help="hidden layers, e.g. 1,2")
-    train.add_argument("--batch-sizes", type=_ints, default=(32, 64, 128), help="optimizee minibatch sizes")
-    train.add_argument("--horizon", type=_pair, default=(100, 1000), help="episode length LOW:HIGH (log-uniform)")
+    train.add_argument("--activations", type=_words, default=None, help="e.g. relu,tanh (default: sigmoid,tanh,relu)")
+    train.add_argument("--widths", type=_ints, default=None, help="hidden widths, e.g. 16,32,64 (the default)")
+    train.add_argument("--depths", type=_ints, default=None, help="hidden layers, e.g. 1,2 (the default)")
+    train.add_argument("--batch-sizes", type=_ints, default=None, help="optimizee minibatch sizes (default 32,64,128)")
+    train.add_argument("--horizon", type=_pair, default=None,
+                       help="episode length LOW:HIGH (log-uniform; default 100:1000)")
     train.add_argument("--param-scale", type=_scale_range, default=None, metavar="LOW:HIGH",
                        help="with --task general: train each parameter tensor phi of a problem whose network uses "
                             "s * phi, s log-uniform in LOW:HIGH (task augmentation: the step size a tensor needs "
@@ -174,16 +178,10 @@ def _train(args) -> int:
 
     from l2o.learned.weights import save_rule
     from l2o.meta.general import GeneralConfig, GeneralTrainer
-    from l2o.tasks.family import DATASETS, GeneralFamily
 
     torch.set_num_threads(args.threads)
     device = _device(args.device)
-    for flag in ("datasets", "param_scale"):
-        if getattr(args, flag) is not None and args.task != "general":
-            raise ValueError(f"--{flag.replace('_', '-')} applies to --task general only")
-    datasets = (args.datasets or DATASETS) if args.task == "general" else (args.task,)
-    family = GeneralFamily(datasets=datasets, widths=args.widths, depths=args.depths, activations=args.activations,
-                           batch_sizes=args.batch_sizes, horizon=args.horizon, param_scale=args.param_scale or (1.0, 1.0))
+    family = _family(args)
     if args.init is not None:
         rule = _initial_rule(args)
     elif (args.optimizer or "mlp") == "mlp":
@@ -214,7 +212,10 @@ def _train(args) -> int:
     summary = trainer.train(resume=args.resume, progress_bar=not args.no_progress)
     wall = time.time() - wall
     best = trainer.checkpointer.load_best()
-    card = {"training": {"family": family.describe(), "config": asdict(config),
+    described = family.describe() if hasattr(family, "describe") else {"name": getattr(family, "name", None)}
+    if args.family is not None:
+        described = {**described, "path": args.family}
+    card = {"training": {"family": described, "config": asdict(config),
                          "outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
                          "meta_train_seconds": round(summary.seconds, 1),
                          "meta_train_cpu_seconds": round(summary.cpu_seconds, 1), "threads": torch.get_num_threads(),
@@ -244,6 +245,36 @@ def _train(args) -> int:
                       "rollbacks": summary.rollbacks,
                       "best_val": card["training"]["best_val_log_loss_ratio"]}))  # null: no validation ran
     return 0
+
+
+FAMILY_FLAGS = ("task", "datasets", "activations", "widths", "depths", "batch_sizes", "horizon", "param_scale")
+
+
+def _family(args):
+    """The task family: ``--family``'s, or the built-in family shaped by ``--task`` and its options."""
+    from l2o.tasks.base import TaskFamily
+    from l2o.tasks.family import DATASETS, GeneralFamily
+
+    given = {flag: getattr(args, flag) for flag in FAMILY_FLAGS if getattr(args, flag) is not None}
+    if args.family is not None:
+        if given:
+            flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
+            raise ValueError(f"{flags}: --family {args.family} gives the tasks")
+        from l2o._registry import import_object
+
+        family = import_object(args.family, "family")
+        if not isinstance(family, TaskFamily) and callable(family):
+            family = family()
+        if not isinstance(family, TaskFamily):
+            raise ValueError(f"--family {args.family} is not an l2o.tasks.TaskFamily or a function returning one "
+                             f"(got {type(family).__name__})")
+        return family
+    task = given.pop("task", "general")
+    for flag in ("datasets", "param_scale"):
+        if flag in given and task != "general":
+            raise ValueError(f"--{flag.replace('_', '-')} applies to --task general only")
+    datasets = given.pop("datasets", DATASETS) if task == "general" else (task,)
+    return GeneralFamily(datasets=datasets, **given)
 
 
 def _initial_rule(args):
