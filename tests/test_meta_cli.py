@@ -282,8 +282,12 @@ def net():
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
 
 
+def task(batch_size=16):
+    return ModuleTask(net, x[:48], y[:48], x[48:], y[48:], batch_size=int(batch_size), steps=20)
+
+
 def family():
-    return FixedFamily(lambda seed: ModuleTask(net, x[:48], y[:48], x[48:], y[48:], batch_size=16, steps=20), name="mine")
+    return FixedFamily(lambda seed: task(), name="mine")
 
 
 not_a_family = 3
@@ -305,6 +309,15 @@ def test_family_of_ones_own_trains_from_the_command_line(tmp_path, monkeypatch, 
     assert card["training"]["outer_steps"] == 3 and card["training"]["best_val_log_loss_ratio"] is not None
     load_rule(out / "best_weights.safetensors")
     capsys.readouterr()
+    # ... and is compared with tuned Adam on a task of one's own
+    assert main(["meta", "eval", "--weights", str(out / "weights.safetensors"), "--task", "my_family:task",
+                 "--task-arg", "batch_size=8", "--steps", "5", "--seeds", "2", "--tune-seeds", "1", "--adam-grid", "0.01,0.1",
+                 "--json", str(tmp_path / "eval.json")]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["task"] == "my_family:task" and results["task_args"] == {"batch_size": 8}
+    assert results["budgets"]["5"]["adam_lr"] in (0.01, 0.1) and math.isfinite(results["budgets"]["5"]["learned"]["train"]["mean"])
+    assert main(["meta", "eval", "--weights", str(out / "weights.safetensors"), "--task", "my_family:not_a_family"]) == 2
+    assert "not an l2o.tasks.Task or a function returning one (got int)" in capsys.readouterr().err
     for extra, message in ((["--family", "my_family:family", "--task", "digits"], "--task: --family my_family:family gives"),
                            (["--family", "my_family:family", "--widths", "8", "--horizon", "5:5"],
                             "--widths, --horizon: --family"),

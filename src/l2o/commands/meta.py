@@ -113,7 +113,9 @@ def register(subparsers) -> None:
 
     ev = sub.add_parser("eval", help="compare a learned optimizer with tuned Adam over seeds")
     ev.add_argument("--weights", required=True, help="a weights file or the name of shipped weights (mlp-general)")
-    ev.add_argument("--task", default="digits_mlp", help="a task name from l2o.tasks (default digits_mlp)")
+    ev.add_argument("--task", default="digits_mlp",
+                    help="a task name from l2o.tasks (default digits_mlp), or one of your own as package.module:name "
+                         "(an l2o.tasks.Task, or a function returning one, called with the --task-arg values)")
     ev.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
                     help="task constructor argument, e.g. activation=relu (repeatable)")
     ev.add_argument("--steps", type=_ints, default=(100,), help="budgets, e.g. 100,1000")
