@@ -3,6 +3,7 @@ run, by fault injection), the sweep is re-run, and nothing is lost or duplicated
 export."""
 
 import json
+import sys
 
 from l2o.bench.optimizers import resolve
 from l2o.bench.runner import KILL_ENV, RunSpec, _freeze
@@ -79,3 +80,34 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     junk.write_text("not a database" * 200)
     assert main(["bench", "report", "--db", str(junk)]) == 2
     assert "not an l2o results file" in capsys.readouterr().err
+
+
+USER_TASK = '''
+import torch
+from l2o.tasks import ModuleTask
+
+x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+y = x.sum(dim=1)
+
+
+def task(steps=15):
+    net = lambda: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    return ModuleTask(net, x[:48], y[:48], x[48:], y[48:], batch_size=16, steps=int(steps))
+'''
+
+
+def test_a_task_of_ones_own_is_benchmarked_by_its_module_path(tmp_path, monkeypatch, capsys):
+    (tmp_path / "user_task.py").write_text(USER_TASK)
+    monkeypatch.chdir(tmp_path)  # a module in the working directory, found as under python -m
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    db = str(tmp_path / "u.sqlite")
+    assert main(["bench", "run", "--tasks", "user_task:task", "--optimizers", "sgd,adam", "--protocol", "smoke",
+                 "--tune-seeds", "1", "--seeds", "2", "--workers", "2", "--db", db, "--no-progress"]) == 0
+    with ResultsStore(db) as store:
+        runs = store.runs(task="user_task:task")
+        assert len(runs) == 10 and all(r["status"] == "complete" and r["steps_done"] == 15 for r in runs)
+    assert main(["bench", "report", "--db", db, "--out", str(tmp_path / "rep")]) == 0
+    assert "## user_task:task" in (tmp_path / "rep" / "summary.md").read_text()
+    capsys.readouterr()
+    assert main(["bench", "run", "--tasks", "user_task:nope", "--db", db]) == 2
+    assert "l2o: error: module 'user_task' has no attribute 'nope' (task 'user_task:nope')" in capsys.readouterr().err

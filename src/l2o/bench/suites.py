@@ -2,7 +2,7 @@
 
 A *task id* is what the results store and reports use: ``digits_mlp_relu`` is
 ``l2o.tasks.get("digits_mlp", activation="relu")``. Any registered task name is also a task id
-(with its default arguments).
+(with its default arguments), and so is a task of one's own given as ``package.module:name``.
 """
 
 from __future__ import annotations
@@ -120,10 +120,11 @@ def get_suite(name: str) -> Suite:
 
 
 def get_preset(task_id: str) -> TaskPreset:
-    """The preset for ``task_id``: a preset name or any registered task (default arguments)."""
+    """The preset for ``task_id``: a preset name, any registered task (default arguments), or a
+    task of one's own as ``package.module:name`` (``l2o.tasks.get``; its own budget and metric)."""
     if task_id in PRESETS and task_registered(PRESETS[task_id].task):
         return PRESETS[task_id]
-    if task_registered(task_id):
+    if task_registered(task_id) or ":" in task_id:
         return TaskPreset(task_id)
     known = available_task_ids()
     close = difflib.get_close_matches(task_id, known, n=3)

@@ -34,24 +34,6 @@ def load_rule_by_name(weights: str) -> LearnedRule:
     raise ValueError(f"--weights {weights!r} is neither a file nor shipped weights ({', '.join(PRETRAINED.names()) or 'none'})")
 
 
-def build_task(name: str, kwargs: dict[str, Any]):
-    """A task by registry name (``l2o.tasks.get``), or one of one's own as ``package.module:name``:
-    a Task, or a function that returns one when called with ``kwargs``."""
-    import l2o.tasks
-    from l2o._registry import import_object
-
-    if ":" not in name:
-        return l2o.tasks.get(name, **kwargs)
-    obj = import_object(name, "task")
-    if not isinstance(obj, l2o.tasks.Task) and callable(obj):
-        obj = obj(**kwargs)
-    elif kwargs:
-        raise ValueError(f"task {name!r} is a Task, not a function: it takes no arguments, got {kwargs}")
-    if not isinstance(obj, l2o.tasks.Task):
-        raise ValueError(f"task {name!r} is not an l2o.tasks.Task or a function returning one (got {type(obj).__name__})")
-    return obj
-
-
 def _final(result, split: str) -> float:
     if result.diverged:
         return math.inf
@@ -96,6 +78,7 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
     """
     from tqdm import tqdm
 
+    import l2o.tasks
     from l2o.learned.adaptation import check_adapt, default_adapt
     from l2o.learned.optimizer import LearnedOptimizer
     from l2o.train import train
@@ -106,7 +89,7 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
         raise ValueError(f"budgets must be positive integers, got {budgets}")
     grid = adam_grid or [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
     adapt = default_adapt(rule) if adapt is None else check_adapt(adapt)
-    task = build_task(task_name, task_kwargs)
+    task = l2o.tasks.get(task_name, **task_kwargs)
     out: dict[str, Any] = {"task": task_name, "task_args": task_kwargs, "seeds": seeds, "tune_seeds": tune_seeds,
                            "adam_grid": grid, "rule": rule.kind, "adapt": adapt, "budgets": {}}
     bar = tqdm(total=len(budgets) * (len(grid) * tune_seeds + 2 * seeds), desc="eval", file=sys.stderr,
@@ -145,4 +128,4 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["compare_with_adam", "tune_adam", "format_table", "load_rule_by_name", "build_task"]
+__all__ = ["compare_with_adam", "tune_adam", "format_table", "load_rule_by_name"]

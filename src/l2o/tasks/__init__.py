@@ -1,6 +1,7 @@
 """Optimizee problems: the Task protocol, task families, and a registry by name.
 
-``l2o.tasks.get("digits_mlp", hidden=40)`` builds a task; ``l2o.tasks.available()`` lists names.
+``l2o.tasks.get("digits_mlp", hidden=40)`` builds a task; ``l2o.tasks.available()`` lists names;
+``l2o.tasks.get("package.module:name")`` builds a task of one's own.
 """
 
 from l2o._registry import Registry
@@ -23,8 +24,21 @@ TASKS = Registry(
 
 
 def get(name: str, **kwargs) -> Task:
-    """Build the task registered as ``name`` with keyword arguments ``kwargs``."""
-    return TASKS.get(name)(**kwargs)
+    """Build the task registered as ``name`` with keyword arguments ``kwargs``; or a task of
+    one's own given as ``package.module:name``: a Task, or a function that returns one when called
+    with ``kwargs``."""
+    if ":" not in name:
+        return TASKS.get(name)(**kwargs)
+    from l2o._registry import import_object
+
+    task = import_object(name, "task")
+    if not isinstance(task, Task) and callable(task):
+        task = task(**kwargs)
+    elif kwargs:
+        raise ValueError(f"task {name!r} is a Task, not a function: it takes no arguments, got {kwargs}")
+    if not isinstance(task, Task):
+        raise ValueError(f"task {name!r} is not an l2o.tasks.Task or a function returning one (got {type(task).__name__})")
+    return task
 
 
 def available() -> list[str]:
