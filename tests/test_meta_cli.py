@@ -31,12 +31,35 @@ def test_train_writes_checkpoints_and_weights_then_resumes(tmp_path, capsys):
     card = json.loads((out / "weights.json").read_text())
     assert card["rule"] == "mlp" and card["training"]["outer_steps"] == 4 and card["training"]["device"] == "cpu"
     assert isinstance(load_rule(out / "weights.safetensors"), MLPRule)
-    capsys.readouterr()
-    assert main(["meta", "train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--val-every", "0",
+    assert f"plot: {out / 'training.png'}" in capsys.readouterr().out  # the validations so far
+    assert (out / "training.png").stat().st_size > 10_000
+    assert main(["meta", "train", *TINY, "--steps", "12", "--checkpoint-every", "2", "--val-every", "0",
                  "--out", str(out), "--resume"]) == 0
     assert "resumed" in capsys.readouterr().err
     _, meta = load_tensors(out / "last.safetensors")
-    assert meta["step"] == 6 and meta["summary"]["outer_steps"] == 6
+    assert meta["step"] == 12 and meta["summary"]["outer_steps"] == 12
+    # the figure can be redrawn, e.g. while a run goes on
+    assert main(["meta", "plot", str(out), "--out", str(tmp_path / "again.png")]) == 0
+    assert (tmp_path / "again.png").stat().st_size > 10_000
+    assert main(["meta", "plot", str(tmp_path / "nowhere")]) == 2
+    assert "l2o: error: no meta-training history at" in capsys.readouterr().err
+
+
+def test_history_keeps_the_last_row_of_a_step_and_skips_non_finite_values(tmp_path):
+    from l2o.meta.plot import plot_history, read_history
+
+    rows = [{"step": 10, "meta_loss": -1.0}, {"step": 20, "meta_loss": -2.0}, {"step": 20, "val": None},
+            {"step": 20, "meta_loss": -1.5}, {"step": 30, "meta_loss": None}, {"step": 20, "val": -3.0}]
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # a rollback rewrote step 20
+    assert read_history(path) == ([(10, -1.0), (20, -1.5)], [(20, -3.0)])
+    assert plot_history(path, tmp_path / "f.png").stat().st_size > 10_000
+    path.write_text("")
+    with pytest.raises(ValueError, match="no meta-loss or validation rows"):
+        plot_history(path, tmp_path / "g.png")
+    path.write_text("{not json\n")
+    with pytest.raises(ValueError, match="line 1: not JSON"):
+        read_history(path)
 
 
 def _trainer(tmp_path, every=2, steps=6):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 TASK_CHOICES = ("general", "digits", "classification", "regression", "quadratic")
 
@@ -110,6 +111,11 @@ def register(subparsers) -> None:
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
+
+    plot = sub.add_parser("plot", help="plot a meta-training run's meta-loss and validation (also while it runs)")
+    plot.add_argument("run", metavar="OUT", help="the run's output directory (the --out of l2o meta train)")
+    plot.add_argument("--out", default=None, help="the PNG to write (default: OUT/training.png)")
+    plot.set_defaults(func=_plot)
 
     ev = sub.add_parser("eval", help="compare a learned optimizer with tuned Adam over seeds")
     ev.add_argument("--weights", required=True, help="a weights file or the name of shipped weights (mlp-general)")
@@ -240,6 +246,11 @@ def _train(args) -> int:
         selected = {"selected": "best validation", "selected_at_outer_step": best[1].get("summary", {}).get("outer_steps")}
         save_rule(f"{args.out}/best_weights.safetensors", best_rule, {**card, **selected})
         print(f"best-on-validation weights: {args.out}/best_weights.safetensors")
+    from l2o.meta.plot import plot_history, read_history
+
+    history = Path(args.out) / "history.jsonl"
+    if history.is_file() and any(read_history(history)):  # nothing to draw before 10 outer steps or a validation
+        print(f"plot: {plot_history(history, Path(args.out) / 'training.png', _run_title(args.out))}")
     print(json.dumps({"outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
                       "seconds": round(summary.seconds, 1), "cpu_seconds": round(summary.cpu_seconds, 1),
                       "wall_seconds": round(wall, 1),
@@ -295,6 +306,18 @@ def _initial_rule(args):
     if args.optimizer is not None and args.optimizer != rule.kind:
         raise ValueError(f"--optimizer {args.optimizer}, but --init {args.init} holds a {rule.kind} rule")
     return rule
+
+
+def _run_title(out: str) -> str:
+    return f"l2o meta train --out {out}"
+
+
+def _plot(args) -> int:
+    from l2o.meta.plot import plot_history
+
+    run = Path(args.run)
+    print(f"plot: {plot_history(run / 'history.jsonl', args.out or run / 'training.png', _run_title(args.run))}")
+    return 0
 
 
 def _eval(args) -> int:

@@ -1,0 +1,85 @@
+"""The figure of a meta-training run, from its ``history.jsonl`` (``l2o meta train``, ``l2o meta plot``).
+
+``GeneralTrainer`` appends to ``OUT/history.jsonl`` at every checkpoint: every 10 outer steps the
+mean meta-loss of those steps (``{"step", "meta_loss", "inner_steps", "seconds"}``), and each
+validation (``{"step", "val"}``). A rollback or a resume can write a step again; the later row
+wins, since it belongs to the run that went on from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def read_history(path: str | Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, meta-loss) and (step, validation) rows of a history file, by step, the last
+    occurrence of a step kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no meta-training history at {path} (l2o meta train writes it at each checkpoint)")
+    meta, val = {}, {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {number}: not JSON ({exc.msg})") from None
+        value = row.get("meta_loss", row.get("val"))
+        if "step" not in row or value is None:  # null: a non-finite value, not plotted
+            continue
+        (meta if "meta_loss" in row else val)[int(row["step"])] = float(value)
+    return sorted(meta.items()), sorted(val.items())
+
+
+def plot_history(path: str | Path, out: str | Path, title: str | None = None) -> Path:
+    """Write the figure of the run whose history is ``path`` to ``out`` (PNG): the meta-loss by
+    outer step (with a running mean) and, when the run validated, the validation score with its
+    best point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta, val = read_history(path)
+    if not meta and not val:
+        raise ValueError(f"{path} holds no meta-loss or validation rows yet")
+    panels = [p for p, rows in (("meta", meta), ("val", val)) if rows]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.0), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        if panel == "meta":
+            steps, values = zip(*meta)
+            width = max(1, len(values) // 20)
+            ax.plot(steps, values, color="tab:blue", alpha=0.35 if width > 1 else 1.0, linewidth=1,
+                    marker="" if width > 1 else ".", label="mean of 10 outer steps")
+            if width > 1:
+                smooth = [sum(values[max(0, i - width + 1):i + 1]) / len(values[max(0, i - width + 1):i + 1])
+                          for i in range(len(values))]
+                ax.plot(steps, smooth, color="tab:blue", linewidth=2, label=f"running mean of {width} points")
+            ax.set_ylabel("meta-loss: mean log(f_t / f_0) over a truncation")
+            ax.set_title("meta-training")
+        else:
+            steps, values = zip(*val)
+            ax.plot(steps, values, "o-", color="tab:green", label="validation")
+            finite = [(s, v) for s, v in val if math.isfinite(v)]
+            if finite:
+                best = min(finite, key=lambda sv: sv[1])
+                ax.plot(*best, "*", color="tab:red", markersize=14, label=f"best: {best[1]:.3f} at {best[0]}")
+            ax.set_ylabel("validation: mean final log(f_T / f_0)")
+            ax.set_title("validation (lower is better)")
+        ax.set_xlabel("outer step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+__all__ = ["read_history", "plot_history"]
