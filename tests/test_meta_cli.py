@@ -346,7 +346,9 @@ def test_family_of_ones_own_trains_from_the_command_line(tmp_path, monkeypatch, 
                             "--widths, --horizon: --family"),
                            (["--family", "my_family:not_a_family"], "not an l2o.tasks.TaskFamily or a function returning one (got int)"),
                            (["--family", "my_family:nope"], "module 'my_family' has no attribute 'nope' (family"),
-                           (["--family", "no_such_module:family"], "cannot import module 'no_such_module' for family")):
+                           (["--family", "no_such_module:family"], "cannot import module 'no_such_module' for family"),
+                           (["--family", "my_family.py:family"], "a module, not a file: for 'my_family.py:family' write "
+                                                                  "'my_family:family'")):
         assert main(["meta", "train", *extra, *common, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("l2o: error: ") and message in err, (extra, err)

@@ -47,6 +47,10 @@ def import_object(path: str, what: str) -> Any:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
         raise ValueError(f"{what} path must look like 'package.module:name', got {path!r}")
+    if module_name.endswith(".py") or "/" in module_name:
+        raise ValueError(f"{what} path names a module, not a file: for {path!r} write "
+                         f"'{module_name.removesuffix('.py').replace('/', '.')}:{attr}' (modules are found from the "
+                         f"working directory)")
     try:
         module = _import_module(module_name)
     except ImportError as exc:
