@@ -175,12 +175,17 @@ def test_eval_prints_a_table_against_tuned_adam(tmp_path, capsys):
     path = save_rule(tmp_path / "w.safetensors", rule)
     out_json = tmp_path / "eval.json"
     assert main(["meta", "eval", "--weights", str(path), "--task", "quadratic", "--steps", "5,10", "--seeds", "2",
-                 "--tune-seeds", "1", "--adam-grid", "0.01,0.1", "--json", str(out_json)]) == 0
+                 "--tune-seeds", "1", "--adam-grid", "0.01,0.1", "--json", str(out_json),
+                 "--plot", str(tmp_path / "curves.png")]) == 0
     text = capsys.readouterr().out
-    assert "adam lr=" in text and "mlp-learned" in text
+    assert "adam lr=" in text and "mlp-learned" in text and "plot: " in text
     results = json.loads(out_json.read_text())
     assert set(results["budgets"]) == {"5", "10"}
     assert results["budgets"]["5"]["adam_lr"] in (0.01, 0.1)
+    curve = results["budgets"]["10"]["adam"]["curve"]
+    assert len(curve["mean"]) == len(curve["p10"]) == 10
+    assert all(lo <= mean <= hi for lo, mean, hi in zip(curve["p10"], curve["mean"], curve["p90"]))
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
 def test_eval_json_is_strict_when_a_run_diverges(tmp_path, monkeypatch, capsys, strict_json):

@@ -133,6 +133,8 @@ def register(subparsers) -> None:
                     help="the learned optimizer's step-size adaptation rate, LearnedOptimizer(adapt=...) (default: the rate "
                          "the weights were meta-trained under: 0.1 for mlp-general, 0 for the other shipped ones)")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ev.add_argument("--plot", default=None, metavar="PNG",
+                    help="also draw the training curves of both optimizers, one panel per budget, to this PNG")
     ev.set_defaults(func=_eval)
 
 
@@ -340,4 +342,8 @@ def _eval(args) -> int:
         from l2o.io import atomic_write_text, jsonable
 
         atomic_write_text(args.json, json.dumps(jsonable(results), indent=2) + "\n")
+    if args.plot:
+        from l2o.meta.plot import plot_comparison
+
+        print(f"plot: {plot_comparison(results, args.plot)}")
     return 0

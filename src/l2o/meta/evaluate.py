@@ -47,6 +47,16 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "sem": sem, "diverged": len(values) - len(finite)}
 
 
+def _curve(losses: list[list[float]], steps: int) -> dict[str, list[float]]:
+    """Minibatch training loss by step over the runs that did not diverge: mean, 10th and 90th
+    percentiles (empty lists when every run diverged)."""
+    if not losses:
+        return {"mean": [], "p10": [], "p90": []}
+    by_step = torch.tensor([run[:steps] for run in losses], dtype=torch.float64)
+    low, high = torch.quantile(by_step, torch.tensor([0.1, 0.9], dtype=torch.float64), dim=0)
+    return {"mean": by_step.mean(dim=0).tolist(), "p10": low.tolist(), "p90": high.tolist()}
+
+
 def tune_adam(task, steps: int, grid: list[float], tune_seeds: int, on_run=None) -> tuple[float, dict[str, float]]:
     """Adam learning rate from ``grid`` with the lowest mean final training loss on tuning seeds.
 
@@ -74,7 +84,8 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
     rate; None: the rate it was meta-trained under) and tuned Adam on ``task`` per budget.
 
     Returns a JSON-friendly dict: per budget, the chosen Adam learning rate, the grid scores,
-    and mean/sem of final train and test loss for both optimizers.
+    and for both optimizers mean/sem of final train and test loss and the minibatch training loss
+    curve (mean and 10th/90th percentiles over the seeds that did not diverge).
     """
     from tqdm import tqdm
 
@@ -104,7 +115,8 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
                 runs.append(train(task, factory, steps=steps, seed=s))
                 bar.update(1)
             rows[label] = {"train": _stats([_final(r, "train") for r in runs]),
-                           "test": _stats([_final(r, "test") for r in runs])}
+                           "test": _stats([_final(r, "test") for r in runs]),
+                           "curve": _curve([r.losses for r in runs if not r.diverged], steps)}
         out["budgets"][str(steps)] = {"adam_lr": lr, "adam_grid_train_loss": scores, **rows}
     bar.close()
     return out

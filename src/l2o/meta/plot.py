@@ -1,4 +1,5 @@
-"""The figure of a meta-training run, from its ``history.jsonl`` (``l2o meta train``, ``l2o meta plot``).
+"""Figures of meta-training: a run's, from its ``history.jsonl`` (``l2o meta train``, ``l2o meta
+plot``), and a learned optimizer's training curves against tuned Adam (``l2o meta eval --plot``).
 
 ``GeneralTrainer`` appends to ``OUT/history.jsonl`` at every checkpoint: every 10 outer steps the
 mean meta-loss of those steps (``{"step", "meta_loss", "inner_steps", "seconds"}``), and each
@@ -82,4 +83,43 @@ def plot_history(path: str | Path, out: str | Path, title: str | None = None) ->
     return out
 
 
-__all__ = ["read_history", "plot_history"]
+def plot_comparison(results: dict, out: str | Path) -> Path:
+    """Write the training curves of :func:`l2o.meta.evaluate.compare_with_adam`'s ``results`` to
+    ``out`` (PNG): one panel per budget, the learned optimizer and tuned Adam, mean minibatch loss
+    over seeds with the 10th-90th percentile band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = results["budgets"]
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.0), squeeze=False)
+    learned = f"{results.get('rule', 'learned')} (learned)" + (f", adapt {results['adapt']:g}" if results.get("adapt") else "")
+    for ax, (steps, row) in zip(axes[0], budgets.items()):
+        for label, name, color in (("learned", learned, "tab:red"), ("adam", f"Adam, lr {row['adam_lr']:g} (tuned)",
+                                                                       "tab:blue")):
+            curve = row[label]["curve"]
+            if not curve["mean"]:
+                continue
+            x = range(1, len(curve["mean"]) + 1)
+            diverged = row[label]["train"].get("diverged", 0)
+            ax.plot(x, curve["mean"], color=color, label=name + (f" ({diverged} diverged, left out)" if diverged else ""))
+            ax.fill_between(x, curve["p10"], curve["p90"], color=color, alpha=0.2, linewidth=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (minibatch)")
+        ax.set_title(f"{steps} steps")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    args = ", ".join(f"{k}={v}" for k, v in (results.get("task_args") or {}).items())
+    fig.suptitle(f"{results['task']}{f' ({args})' if args else ''}: mean over {results['seeds']} seeds, "
+                 "band 10th-90th percentile")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+__all__ = ["read_history", "plot_history", "plot_comparison"]
