@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -357,3 +358,15 @@ def test_family_of_ones_own_trains_from_the_command_line(tmp_path, monkeypatch, 
         assert main(["meta", "train", *extra, *common, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("l2o: error: ") and message in err, (extra, err)
+
+
+def test_the_own_family_example_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    monkeypatch.chdir(examples)  # as its docstring says: run from that directory
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(examples))])
+    out = tmp_path / "own"
+    assert main(["meta", "train", "--family", "own_family:family", "--steps", "2", "--batch", "2", "--groups", "1",
+                 "--unroll", "5", "--val-every", "0", "--no-progress", "--out", str(out)]) == 0
+    assert main(["meta", "eval", "--weights", str(out / "weights.safetensors"), "--task", "own_family:task",
+                 "--task-arg", "steps=5", "--steps", "5", "--seeds", "1", "--tune-seeds", "1", "--adam-grid", "0.1"]) == 0
+    assert "own_family:task" in capsys.readouterr().out
