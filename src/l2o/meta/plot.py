@@ -39,11 +39,7 @@ def plot_history(path: str | Path, out: str | Path, title: str | None = None) ->
     """Write the figure of the run whose history is ``path`` to ``out`` (PNG): the meta-loss by
     outer step (with a running mean) and, when the run validated, the validation score with its
     best point marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     meta, val = read_history(path)
     if not meta and not val:
         raise ValueError(f"{path} holds no meta-loss or validation rows yet")
@@ -75,23 +71,14 @@ def plot_history(path: str | Path, out: str | Path, title: str | None = None) ->
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_comparison(results: dict, out: str | Path) -> Path:
     """Write the training curves of :func:`l2o.meta.evaluate.compare_with_adam`'s ``results`` to
     ``out`` (PNG): one panel per budget, the learned optimizer and tuned Adam, mean minibatch loss
     over seeds with the 10th-90th percentile band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     budgets = results["budgets"]
     fig, axes = plt.subplots(1, len(budgets), figsize=(5.5 * len(budgets), 4.0), squeeze=False)
     learned = f"{results.get('rule', 'learned')} (learned)" + (f", adapt {results['adapt']:g}" if results.get("adapt") else "")
@@ -114,6 +101,19 @@ def plot_comparison(results: dict, out: str | Path) -> Path:
     args = ", ".join(f"{k}={v}" for k, v in (results.get("task_args") or {}).items())
     fig.suptitle(f"{results['task']}{f' ({args})' if args else ''}: mean over {results['seeds']} seeds, "
                  "band 10th-90th percentile")
+    return _save(plt, fig, out)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, whatever display there is
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, out: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
