@@ -18,7 +18,9 @@ def register(subparsers) -> None:
 
     run = sub.add_parser("run", help="tune and run optimizers on a suite (resumes an interrupted sweep)")
     run.add_argument("--suite", default=None, help="smoke, small or deepobs_quadratic (see 'l2o bench list')")
-    run.add_argument("--tasks", default=None, help="comma-separated task ids (instead of, or to narrow, --suite)")
+    run.add_argument("--tasks", default=None,
+                     help="comma-separated task ids (instead of, or to narrow, --suite); a task of your own as "
+                          "package.module:name (an l2o.tasks.Task or a function returning one)")
     run.add_argument("--optimizers", default=None,
                      help="comma-separated names: sgd, momentum, nag, rmsprop, adam, l2o.optim names, shipped "
                           "learned optimizers, learned:PATH for weights from 'l2o meta train', package.module:Class, "
@@ -141,6 +143,8 @@ def _list(args) -> int:
     for name, suite in SUITES.items():
         print(f"  {name}: {suite.description} [{', '.join(suite.tasks)}]")
     print("tasks: " + ", ".join(available_task_ids()))
+    print("tasks (your own): package.module:name, an l2o.tasks.Task or a function returning one (its own budget "
+          "and metric)")
     for kind, names in optimizers.available().items():
         print(f"optimizers ({kind}): " + (", ".join(names) or "(none)"))
     print("optimizers (any class): package.module:Class")
