@@ -108,6 +108,22 @@ def test_a_task_of_ones_own_is_benchmarked_by_its_module_path(tmp_path, monkeypa
         assert len(runs) == 10 and all(r["status"] == "complete" and r["steps_done"] == 15 for r in runs)
     assert main(["bench", "report", "--db", db, "--out", str(tmp_path / "rep")]) == 0
     assert "## user_task:task" in (tmp_path / "rep" / "summary.md").read_text()
+    # exported as one directory per task and optimizer, ':' and '/' of their names made safe
+    _weights(tmp_path / "w" / "mlp.safetensors")
+    assert main(["bench", "run", "--tasks", "user_task:task", "--optimizers", "learned:w/mlp.safetensors",
+                 "--seeds", "1", "--db", db, "--no-progress"]) == 0
+    assert main(["bench", "export", "--db", db, "--out", str(tmp_path / "deepobs")]) == 0
+    dirs = sorted(p.relative_to(tmp_path / "deepobs").parts[:2] for p in (tmp_path / "deepobs").rglob("*.json"))
+    assert set(dirs) == {("user_task_task", "adam"), ("user_task_task", "sgd"),
+                                  ("user_task_task", "learned_w_mlp.safetensors")}
     capsys.readouterr()
     assert main(["bench", "run", "--tasks", "user_task:nope", "--db", db]) == 2
     assert "l2o: error: module 'user_task' has no attribute 'nope' (task 'user_task:nope')" in capsys.readouterr().err
+
+
+def _weights(path):
+    from l2o.learned.mlp import MLPRule
+    from l2o.learned.weights import save_rule
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_rule(path, MLPRule(hidden=4))

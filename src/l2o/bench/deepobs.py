@@ -15,11 +15,18 @@ Only the final (selected) runs of each sweep are exported.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from l2o.bench.store import ResultsStore, canonical_json
+
+
+def _dirname(name: str) -> str:
+    """``name`` as one directory name on any system: a task or optimizer given as a module path
+    (``pkg.mod:name``) or a weights path (``learned:run/w.safetensors``) keeps no ``:`` or ``/``."""
+    return re.sub(r"[^A-Za-z0-9._@=+-]", "_", name)
 
 
 def _hp_dirname(hparams: dict) -> str:
@@ -59,7 +66,7 @@ def export_deepobs(db_path: str, out_dir: str) -> list[Path]:
                     "test_accuracies": curves.get("test_accuracy", ([], []))[1],
                     "l2o_versions": row["versions"],
                 }
-                path = out / sel["task"] / sel["optimizer"].replace(":", "_") / _hp_dirname(sel["hparams"]) / \
+                path = out / _dirname(sel["task"]) / _dirname(sel["optimizer"]) / _hp_dirname(sel["hparams"]) / \
                     f"random_seed__{row['seed']}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(payload, indent=1, default=str))
