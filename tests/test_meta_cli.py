@@ -187,6 +187,13 @@ def test_eval_prints_a_table_against_tuned_adam(tmp_path, capsys):
     assert len(curve["mean"]) == len(curve["p10"]) == 10
     assert all(lo <= mean <= hi for lo, mean, hi in zip(curve["p10"], curve["mean"], curve["p90"]))
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert "test_accuracy" not in results["budgets"]["5"]["learned"] and "test accuracy" not in text
+    # a classification task adds its test accuracy
+    assert main(["meta", "eval", "--weights", str(path), "--task", "digits_mlp", "--steps", "3", "--seeds", "2",
+                 "--tune-seeds", "1", "--adam-grid", "0.1", "--json", str(out_json)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    accuracy = json.loads(out_json.read_text())["budgets"]["3"]["adam"]["test_accuracy"]
+    assert 0.0 <= accuracy["mean"] <= 1.0 and accuracy["diverged"] == 0
 
 
 def test_eval_json_is_strict_when_a_run_diverges(tmp_path, monkeypatch, capsys, strict_json):

@@ -34,17 +34,21 @@ def load_rule_by_name(weights: str) -> LearnedRule:
     raise ValueError(f"--weights {weights!r} is neither a file nor shipped weights ({', '.join(PRETRAINED.names()) or 'none'})")
 
 
-def _final(result, split: str) -> float:
+def _final(result, split: str, metric: str = "loss") -> float:
     if result.diverged:
-        return math.inf
-    return (result.final_train if split == "train" else result.final_test)["loss"]
+        return math.inf if metric == "loss" else math.nan
+    return (result.final_train if split == "train" else result.final_test)[metric]
 
 
-def _stats(values: list[float]) -> dict[str, float]:
+def _stats(values: list[float], over_finite: bool = False) -> dict[str, float]:
+    """Mean and standard error; a diverged run (non-finite value) makes the mean infinite, or with
+    ``over_finite`` (accuracies) is left out of it; either way it is counted."""
     finite = [v for v in values if math.isfinite(v)]
-    mean = statistics.fmean(values) if len(finite) == len(values) else math.inf
-    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(finite) == len(values) and len(values) > 1 else 0.0
-    return {"mean": mean, "sem": sem, "diverged": len(values) - len(finite)}
+    kept = finite if over_finite else values
+    if len(finite) < len(kept) or not kept:
+        return {"mean": math.inf if kept else math.nan, "sem": 0.0, "diverged": len(values) - len(finite)}
+    sem = statistics.stdev(kept) / math.sqrt(len(kept)) if len(kept) > 1 else 0.0
+    return {"mean": statistics.fmean(kept), "sem": sem, "diverged": len(values) - len(finite)}
 
 
 def _curve(losses: list[list[float]], steps: int) -> dict[str, list[float]]:
@@ -84,7 +88,8 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
     rate; None: the rate it was meta-trained under) and tuned Adam on ``task`` per budget.
 
     Returns a JSON-friendly dict: per budget, the chosen Adam learning rate, the grid scores,
-    and for both optimizers mean/sem of final train and test loss and the minibatch training loss
+    and for both optimizers mean/sem of final train and test loss (and test accuracy, where the task
+    reports one) and the minibatch training loss
     curve (mean and 10th/90th percentiles over the seeds that did not diverge).
     """
     from tqdm import tqdm
@@ -116,6 +121,8 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
                 bar.update(1)
             rows[label] = {"train": _stats([_final(r, "train") for r in runs]),
                            "test": _stats([_final(r, "test") for r in runs]),
+                           **({"test_accuracy": _stats([_final(r, "test", "accuracy") for r in runs], over_finite=True)}
+                              if any("accuracy" in r.final_test for r in runs) else {}),
                            "curve": _curve([r.losses for r in runs if not r.diverged], steps)}
         out["budgets"][str(steps)] = {"adam_lr": lr, "adam_grid_train_loss": scores, **rows}
     bar.close()
@@ -124,19 +131,25 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
 
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text table of :func:`compare_with_adam`'s results."""
+    accuracy = any("test_accuracy" in row[label] for row in results["budgets"].values() for label in ("learned", "adam"))
+    columns = ["train", "test"] + (["test_accuracy"] if accuracy else [])
+    header = {"train": "final train loss", "test": "final test loss", "test_accuracy": "test accuracy"}
     lines = [f"task {results['task']} {results['task_args']}  ({results['seeds']} seeds; Adam lr tuned on training loss "
              f"over {results['tune_seeds']} other seeds)",
-             f"{'steps':>6}  {'optimizer':<16} {'final train loss':>22} {'final test loss':>22}"]
+             f"{'steps':>6}  {'optimizer':<16} " + " ".join(f"{header[c]:>22}" for c in columns)]
     for steps, row in results["budgets"].items():
         for label in ("learned", "adam"):
             name = results["rule"] + "-learned" if label == "learned" else f"adam lr={row['adam_lr']:g}"
             if label == "learned" and results.get("adapt"):
                 name += f" adapt={results['adapt']:g}"
             cells = []
-            for split in ("train", "test"):
-                st = row[label][split]
+            for column in columns:
+                st = row[label].get(column)
+                if st is None:
+                    cells.append("—")
+                    continue
                 cells.append(f"{st['mean']:.4f} ± {st['sem']:.4f}" + (f" ({st['diverged']} div)" if st["diverged"] else ""))
-            lines.append(f"{steps:>6}  {name:<16} {cells[0]:>22} {cells[1]:>22}")
+            lines.append(f"{steps:>6}  {name:<16} " + " ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 
 
