@@ -275,15 +275,9 @@ def _family(args):
         if given:
             flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
             raise ValueError(f"{flags}: --family {args.family} gives the tasks")
-        from l2o._registry import import_object
+        from l2o._registry import import_instance
 
-        family = import_object(args.family, "family")
-        if not isinstance(family, TaskFamily) and callable(family):
-            family = family()
-        if not isinstance(family, TaskFamily):
-            raise ValueError(f"--family {args.family} is not an l2o.tasks.TaskFamily or a function returning one "
-                             f"(got {type(family).__name__})")
-        return family
+        return import_instance(args.family, "family", TaskFamily, "l2o.tasks.TaskFamily")
     task = given.pop("task", "general")
     for flag in ("datasets", "param_scale"):
         if flag in given and task != "general":

@@ -29,16 +29,9 @@ def get(name: str, **kwargs) -> Task:
     with ``kwargs``."""
     if ":" not in name:
         return TASKS.get(name)(**kwargs)
-    from l2o._registry import import_object
+    from l2o._registry import import_instance
 
-    task = import_object(name, "task")
-    if not isinstance(task, Task) and callable(task):
-        task = task(**kwargs)
-    elif kwargs:
-        raise ValueError(f"task {name!r} is a Task, not a function: it takes no arguments, got {kwargs}")
-    if not isinstance(task, Task):
-        raise ValueError(f"task {name!r} is not an l2o.tasks.Task or a function returning one (got {type(task).__name__})")
-    return task
+    return import_instance(name, "task", Task, "l2o.tasks.Task", kwargs)
 
 
 def available() -> list[str]:
