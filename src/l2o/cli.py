@@ -7,7 +7,8 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("l2o.commands.reproduce", "l2o.commands.meta", "l2o.commands.bench")
+COMMAND_MODULES = ("l2o.commands.reproduce", "l2o.commands.meta", "l2o.commands.bench",
+                   "l2o.commands.noise")
 
 
 def build_parser() -> argparse.ArgumentParser:
