@@ -82,11 +82,10 @@ def _ratio(num: float, den: float) -> float:
     return num / den if den > 0 else math.inf
 
 
-def _flat(grads: dict[str, Tensor] | tuple[Tensor, ...], batch: int | None = None) -> Tensor:
+def _flat(grads: dict[str, Tensor] | tuple[Tensor, ...]) -> Tensor:
+    """The gradients as one flat float64 vector."""
     values = grads.values() if isinstance(grads, dict) else grads
-    if batch is None:
-        return torch.cat([g.reshape(-1) for g in values]).double()
-    return torch.cat([g.reshape(batch, -1) for g in values], 1).double()
+    return torch.cat([g.reshape(-1) for g in values]).double()
 
 
 def _check_data(inputs: Tensor, targets: Tensor) -> int:
@@ -169,17 +168,30 @@ def exact_noise_scale(loss_of: LossOf, params: dict[str, Tensor], inputs: Tensor
         return _scalar_loss(loss_of, p, x.unsqueeze(0), y.unsqueeze(0))
 
     per_example = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))
+    names = list(params)
+    offsets = [0]
+    for k in names:
+        offsets.append(offsets[-1] + params[k].numel())
     sq, dots = [], []
     dsum = torch.zeros(size, dtype=torch.float64)
     for s in starts:
         x, y = inputs[s:s + chunk], targets[s:s + chunk]
-        g = _flat(per_example(params, x, y), x.shape[0])
-        if s == 0 and x.shape[0] >= 2:
-            _check_mean(first_grad, g.mean(0), x.shape[0])
-        d = g - mean_grad
-        dsum += d.sum(0)
-        sq.append((d * d).sum(1))
-        dots.append(d @ mean_grad)
+        m = x.shape[0]
+        grads = per_example(params, x, y)
+        if s == 0 and m >= 2:
+            _check_mean(first_grad, torch.cat([grads[k].reshape(m, -1).mean(0) for k in names]).double(), m)
+        # d_i = g_i − ḡ tensor by tensor in the parameters' dtype (centred: no cancellation), sums in float64
+        sq_chunk = torch.zeros(m, dtype=torch.float64)
+        dot_chunk = torch.zeros(m, dtype=torch.float64)
+        for k, lo, hi in zip(names, offsets[:-1], offsets[1:]):
+            g = grads[k].reshape(m, -1)
+            c = mean_grad[lo:hi].to(g.dtype)
+            d = g - c
+            dsum[lo:hi] += d.sum(0).double()
+            sq_chunk += torch.linalg.vector_norm(d, dim=1).double() ** 2
+            dot_chunk += (d @ c).double()
+        sq.append(sq_chunk)
+        dots.append(dot_chunk)
     a, e = torch.cat(sq), torch.cat(dots)
     c2 = float(mean_grad @ mean_grad)
     big_a, d2, cd = float(a.sum()), float(dsum @ dsum), float(mean_grad @ dsum)
