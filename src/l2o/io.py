@@ -21,11 +21,21 @@ class WeightsFileError(ValueError):
     """A weights or checkpoint file is missing, truncated, foreign or mis-shaped."""
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back: there is no plain getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; a file l2o writes for the user gets the mode any other
+        # new file would get (0666 less the umask), as the PNGs and plain writes do.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
