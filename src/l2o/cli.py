@@ -8,7 +8,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = ("l2o.commands.reproduce", "l2o.commands.meta", "l2o.commands.bench",
-                   "l2o.commands.noise")
+                   "l2o.commands.noise", "l2o.commands.continual")
 
 
 def build_parser() -> argparse.ArgumentParser:
