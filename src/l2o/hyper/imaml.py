@@ -171,10 +171,10 @@ def adapt(model: BatchedMLP, theta: Params, batch: TaskBatch, config: InnerConfi
     proximal = config.method == "imaml" if proximal is None else proximal
     steps = config.inner_steps if steps is None else steps
     size = batch.size
-    anchor = {k: v.detach() for k, v in _expand(theta, size).items()}
-    if create_graph:
-        phi = _expand(theta, size)
+    if create_graph:  # differentiable in theta through the start and the proximal anchor
+        anchor = phi = _expand(theta, size)
     else:
+        anchor = {k: v.detach() for k, v in _expand(theta, size).items()}
         phi = {k: v.clone() for k, v in anchor.items()}
     for _ in range(steps):
         with torch.enable_grad():
