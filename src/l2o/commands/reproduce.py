@@ -17,6 +17,9 @@ import importlib
 #: name -> (module, what it reproduces). Imported only when that experiment runs.
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "l2l": ("l2o.experiments.l2l", "Andrychowicz et al. 2016, the LSTM optimizer"),
+    "reversible": ("l2o.experiments.reversible", "Maclaurin et al. 2015, reversible-learning hypergradients (§4.1)"),
+    "imaml": ("l2o.experiments.imaml", "Rajeswaran et al. 2019, implicit MAML vs MAML and first-order MAML"),
+    "ftr": ("l2o.experiments.ftr", "Wang, Zhang & Ba 2020, Follow-the-Ridge for minimax"),
 }
 #: flags that only ``l2l`` takes (its shipped weights and settings)
 L2L_ONLY = ("no_train", "weights", "quadratic_weights", "settings", "meta_steps")
