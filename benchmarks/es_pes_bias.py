@@ -49,17 +49,16 @@ def main(argv=None) -> int:
     pes_all, tes_all = [], []
     for _ in range(args.repeats):
         pes = PES(sigma, args.pairs)
-        pes.reset(lambda: torch.tensor(1.0, dtype=torch.float64), dim=2, dtype=torch.float64)
+        toy = _Toy(trunc)
+        state = pes.init_state(_Box(torch.tensor(1.0, dtype=torch.float64)), 2, clone=toy.clone, dtype=torch.float64)
         g_pes = torch.zeros(2, dtype=torch.float64)
         g_tes = torch.zeros(2, dtype=torch.float64)
         x_mean = torch.ones(1, dtype=torch.float64)
 
-        def truncation(thetas, states):
-            loss, x = unrolled(thetas, torch.stack(states), trunc)
-            return loss, list(x)
-
         for _ in range(horizon // trunc):
-            g_pes += pes.step(truncation, theta, gen)[0]
+            estimate = pes.estimate(toy, theta, state, gen)
+            g_pes += estimate.grad
+            state = estimate.state
             start = x_mean.clone()
             g_tes += antithetic_es(lambda th: unrolled(th, start.expand(th.shape[0]), trunc)[0], theta, sigma,
                                    args.pairs, gen)[0]

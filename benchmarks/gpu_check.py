@@ -13,7 +13,7 @@ Correctness (on ``--device``, float32 unless said):
   on a small one and on the 1M-parameter one, where the CPU steps it in chunks; ``--weights
   FILE`` adds a rule of one's own, deployed as its card says): three steps on the device against
   the same (unfused) steps on the CPU;
-- meta-training (``GeneralTrainer``, each estimator, 10 outer steps) on the device against the CPU.
+- meta-training (``MetaTrainer``, each estimator, 10 outer steps) on the device against the CPU.
 
 Speed: each optimizer's ``step()`` on the 50 tensors of ``step_time.py`` (2.7M parameters), as
 ratios to ``torch.optim.Adam()`` (default settings: foreach on CUDA) and ``Adam(fused=True)``,
@@ -126,9 +126,9 @@ def one_million_model(device):
 def load_learned(weights: str, params, **options):
     """A shipped name (``mlp-general``) or a weights file of ``l2o meta train``."""
     from l2o.learned.optimizer import LearnedOptimizer
-    from l2o.meta.evaluate import load_rule_by_name
+    from l2o.learned.weights import load_weights
 
-    return LearnedOptimizer(params, rule=load_rule_by_name(weights), **options)
+    return LearnedOptimizer(params, rule=load_weights(weights), **options)
 
 
 def learned_vs_cpu(device, weights: str | None = None) -> dict:
@@ -167,10 +167,10 @@ def learned_vs_cpu(device, weights: str | None = None) -> dict:
 
 
 def meta_training_vs_cpu(device) -> dict:
-    """A few outer steps of ``GeneralTrainer`` (each estimator) on the device and on the CPU, from the
+    """A few outer steps of ``MetaTrainer`` (each estimator) on the device and on the CPU, from the
     same seeds: how far apart the meta-trained rules end, beside how far training moved them."""
     from l2o.learned.mlp import MLPRule
-    from l2o.meta.general import GeneralConfig, GeneralTrainer
+    from l2o.meta.trainer import MetaConfig, MetaTrainer
     from l2o.tasks.family import GeneralFamily
 
     out = {}
@@ -185,9 +185,9 @@ def meta_training_vs_cpu(device) -> dict:
             rule = MLPRule(**rule_options).to(dev)
             start = torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu()
             family = GeneralFamily(widths=(16, 32), depths=(1, 2), batch_sizes=(32, 64), horizon=(100, 100))
-            config = GeneralConfig(estimator=estimator, outer_steps=10, batch_size=8, groups=2, unroll=10, val_every=0,
+            config = MetaConfig(estimator=estimator, outer_steps=10, batch_size=8, groups=2, unroll=10, val_every=0,
                                    **options)
-            GeneralTrainer(rule, family, config, directory=None, log=False).train(progress_bar=False)
+            MetaTrainer(rule, family, config, directory=None, log=False).train(progress_bar=False)
             vectors.append(torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu())
         out[label] = {"max_abs_diff_vs_cpu": float((vectors[0] - vectors[1]).abs().max()),
                       "max_change_cpu": float((vectors[0] - start).abs().max())}

@@ -24,7 +24,7 @@ import torch
 
 from l2o.io import atomic_write_text
 from l2o.learned import LearnedOptimizer, LSTMRule
-from l2o.meta.bptt import BPTTConfig, BPTTTrainer
+from l2o.meta.trainer import MetaConfig, MetaTrainer
 from l2o.tasks.digits import DigitsMLP, DigitsMLPFamily
 from l2o.train import train
 
@@ -41,10 +41,13 @@ def main(argv=None):
     for lr in (float(v) for v in args.lrs.split(",")):
         torch.manual_seed(0)
         rule = LSTMRule(preprocess_p=10.0, output_scale=0.1)
-        config = BPTTConfig(outer_steps=args.outer_steps, val_every=100, checkpoint_every=100, val_episodes=4,
+        config = MetaConfig(estimator="bptt", meta_loss="sum", batch_size=None, groups=1, clip=None, val_steps=None,
+                          horizon=100, unroll=20, max_rollbacks=10, outer_steps=args.outer_steps, val_every=100, checkpoint_every=100, val_episodes=4,
                             meta_lr=lr)
         start = time.perf_counter()
-        summary = BPTTTrainer(rule, DigitsMLPFamily(), config).train(progress_bar=False)
+        trainer = MetaTrainer(rule, DigitsMLPFamily(), config, log=None)
+        summary = trainer.train(progress_bar=False)
+        rule.load_state_dict(trainer.best_state())
         row = {"meta_lr": lr, "outer_steps": args.outer_steps, "seconds": time.perf_counter() - start,
                "best_val": summary.best_val, "best_step": summary.best_step, "val_history": summary.val_history}
         for steps in (100, 200):

@@ -39,7 +39,7 @@ def op_times(batched: bool, truncations: int) -> dict[str, list[float]]:
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from l2o.learned.mlp import MLPRule
-    from l2o.meta.batched import batched_unroll, start_episode
+    from l2o.meta.episode import MeanLogRatio, start_episode
 
     sys.path.insert(0, str(Path(__file__).parent))
     from mlp_lopt import digits_tasks
@@ -63,11 +63,11 @@ def op_times(batched: bool, truncations: int) -> dict[str, list[float]]:
     else:
         episodes = [start_episode(rule, [task], [i], 10**6) for i, task in enumerate(tasks)]
     for episode in episodes:  # warm-up
-        batched_unroll(rule, episode, UNROLL).meta_loss.backward()
+        episode.advance(rule, UNROLL, MeanLogRatio()).meta_loss.backward()
     with Timed():
         for _ in range(truncations):
             for episode in episodes:
-                batched_unroll(rule, episode, UNROLL).meta_loss.backward()
+                episode.advance(rule, UNROLL, MeanLogRatio()).meta_loss.backward()
     return dict(stats)
 
 

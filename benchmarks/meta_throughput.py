@@ -1,6 +1,6 @@
 """Meta-training throughput of the L2L LSTM (truncated BPTT), in optimizee steps per second.
 
-Runs the real outer loop (:class:`l2o.meta.bptt.BPTTTrainer`, unroll 20, horizon 100, no
+Runs the real outer loop (:class:`l2o.meta.trainer.MetaTrainer` configured as the paper's truncated BPTT, unroll 20, horizon 100, no
 validation, no checkpoints) on ``digits_mlp`` (1,510 optimizee parameters: every coordinate
 goes through the LSTM in one batched call per step) and on the 10-dim quadratic, with second
 derivatives off (the default) and on. The baseline, measured in the same run, is plain
@@ -26,7 +26,7 @@ import torch
 
 from l2o.io import atomic_write_text
 from l2o.learned import LSTMRule
-from l2o.meta.bptt import BPTTConfig, BPTTTrainer
+from l2o.meta.trainer import MetaConfig, MetaTrainer
 from l2o.tasks.digits import DigitsMLP, DigitsMLPFamily
 from l2o.tasks.quadratic import QuadraticFamily, QuadraticTask
 from l2o.train import train
@@ -34,8 +34,10 @@ from l2o.train import train
 
 def meta_steps_per_second(family, outer_steps, second_order):
     torch.manual_seed(0)
-    config = BPTTConfig(outer_steps=outer_steps, val_every=0, second_order=second_order, meta_lr=1e-3)
-    summary = BPTTTrainer(LSTMRule(), family, config).train(progress_bar=False)
+    config = MetaConfig(estimator="bptt", meta_loss="sum", batch_size=None, groups=1, clip=None, val_steps=None,
+                        horizon=100, unroll=20, max_rollbacks=10, outer_steps=outer_steps, val_every=0,
+                        second_order=second_order, meta_lr=1e-3)
+    summary = MetaTrainer(LSTMRule(), family, config, log=None).train(progress_bar=False)
     return summary.inner_steps_per_second
 
 

@@ -49,11 +49,11 @@ def run(values, tasks_per_type: int, seed: int, weights: str = "mlp-general", kn
     """Score every value of ``knob`` (``"adapt"`` or ``"lr"``, a ``LearnedOptimizer`` argument) on
     ``tasks_per_type`` tasks of each problem type of ``types``."""
     from l2o.learned.optimizer import LearnedOptimizer
-    from l2o.meta.evaluate import load_rule_by_name
+    from l2o.learned.weights import load_weights
     from l2o.tasks.family import GeneralFamily
     from l2o.train import train
 
-    rule = load_rule_by_name(weights)
+    rule = load_weights(weights)
     gen = torch.Generator().manual_seed(seed)
     tasks = [(kind, GeneralFamily(datasets=(kind,)).sample(gen)) for kind in types for _ in range(tasks_per_type)]
     baseline = {"adapt": 0.0, "lr": 1.0}[knob]

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from l2o.io import atomic_write_text
+from l2o.learned.base import LearnedRule
 
 MEMORY_PROBE = r"""
 import resource, sys, torch
@@ -60,11 +61,11 @@ def peak_kib():
 
 torch.set_num_threads(1)
 from l2o.learned.mlp import MLPRule
-from l2o.meta.general import GeneralConfig, GeneralTrainer
+from l2o.meta.trainer import MetaConfig, MetaTrainer
 from l2o.tasks.family import GeneralFamily
 family = GeneralFamily(datasets=("digits",), widths=(20,), depths=(1,), activations=("relu",), batch_sizes=(128,),
                        horizon=(200, 200))
-trainer = GeneralTrainer(MLPRule(), family, GeneralConfig(outer_steps=int(sys.argv[1]), batch_size=8, groups=1,
+trainer = MetaTrainer(MLPRule(), family, MetaConfig(outer_steps=int(sys.argv[1]), batch_size=8, groups=1,
                          unroll=20, val_every=0), directory=None, log=False)
 trainer._outer_step(0)
 before = peak_kib()
@@ -85,7 +86,7 @@ def digits_tasks(count: int):
     return [build_task(config, seed) for seed in range(count)]
 
 
-class ScaledGradient(torch.nn.Module):
+class ScaledGradient(LearnedRule):
     """A learned rule with no per-coordinate work of its own, ``p - exp(log_lr) * g`` (one learned
     number): meta-training with it times the optimizees' share of the work alone."""
 
@@ -95,6 +96,9 @@ class ScaledGradient(torch.nn.Module):
 
     def init_state(self, params):
         return {name: {} for name in params}
+
+    def config(self):
+        return {}
 
     def update(self, grads, state, params):
         lr = torch.exp(self.log_lr)
@@ -110,7 +114,7 @@ def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int, devi
     ``optimizee_only``: the same measurement with :class:`ScaledGradient` in place of the MLP rule
     (the ratio the optimizees' own forward and backward passes allow)."""
     from l2o.learned.mlp import MLPRule
-    from l2o.meta.batched import batched_unroll, start_episode
+    from l2o.meta.episode import MeanLogRatio, start_episode
 
     rule = (ScaledGradient() if optimizee_only else MLPRule()).to(device)
     if grouped is not None and not optimizee_only:
@@ -132,7 +136,7 @@ def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int, devi
 
         def run():
             for _ in range(truncations):
-                batched_unroll(rule, episode, unroll).meta_loss.backward()
+                episode.advance(rule, unroll, MeanLogRatio()).meta_loss.backward()
         return timed(run)
 
     def looped():
@@ -141,7 +145,7 @@ def meta_throughput(batch: int, unroll: int, truncations: int, rounds: int, devi
         def run():
             for _ in range(truncations):
                 for episode in episodes:
-                    batched_unroll(rule, episode, unroll).meta_loss.backward()
+                    episode.advance(rule, unroll, MeanLogRatio()).meta_loss.backward()
         return timed(run)
 
     batched(), looped()  # warm up

@@ -1,4 +1,4 @@
-"""Batched unrolls: stacked instances give the same losses and meta-gradients as a loop."""
+"""Batched episodes: stacked instances give the same losses and meta-gradients as a loop."""
 
 import copy
 import dataclasses
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from l2o.learned.mlp import MLPRule
-from l2o.meta.batched import batched_loss_fn, batched_unroll, start_episode, stack_batches, stack_dicts
+from l2o.meta.episode import MeanLogRatio, batched_loss_fn, start_episode, stack_batches, stack_dicts
 from l2o.tasks.digits import DigitsMLP
 from l2o.tasks.family import DATASETS, GeneralFamily, MLPTask, TaskConfig, build_task
 
@@ -36,12 +36,12 @@ def test_batched_and_looped_meta_gradients_agree(dataset):
     config = TaskConfig(dataset, hidden=8, layers=1, activation="tanh", batch_size=16, horizon=50, in_dim=8, n_classes=3)
     tasks = [_double(build_task(config, seed)) for seed in (1, 2, 3)]
     seeds = [11, 12, 13]
-    batched = batched_unroll(rule, start_episode(rule, tasks, seeds, 50, dtype=torch.float64), 4)
+    batched = start_episode(rule, tasks, seeds, 50, dtype=torch.float64).advance(rule, 4, MeanLogRatio())
     grads_batched = torch.autograd.grad(batched.meta_loss, list(rule.parameters()))
     looped = [torch.zeros_like(g) for g in grads_batched]
     losses = []
     for task, seed in zip(tasks, seeds):
-        single = batched_unroll(rule, start_episode(rule, [task], [seed], 50, dtype=torch.float64), 4)
+        single = start_episode(rule, [task], [seed], 50, dtype=torch.float64).advance(rule, 4, MeanLogRatio())
         losses.append(single.losses)
         for acc, g in zip(looped, torch.autograd.grad(single.meta_loss / len(tasks), list(rule.parameters()))):
             acc += g
@@ -64,15 +64,14 @@ def test_meta_training_under_step_adaptation_steps_as_the_deployed_optimizer_doe
     seeds, kappa, steps = [21, 22], 0.3, 6
     episode = start_episode(rule, tasks, seeds, 50, dtype=torch.float64, adapt=kappa)
     with torch.no_grad():
-        batched_unroll(rule, episode, steps)
+        episode.advance(rule, steps, MeanLogRatio())
     plain = start_episode(rule, tasks, seeds, 50, dtype=torch.float64)
     with torch.no_grad():
-        batched_unroll(rule, plain, steps)
+        plain.advance(rule, steps, MeanLogRatio())
     for i, (task, seed) in enumerate(zip(tasks, seeds)):
         gen = torch.Generator().manual_seed(seed)
         params = {k: v.double().requires_grad_(True) for k, v in task.init_params(gen).items()}
         stream = task.batches(gen)
-        next(stream)  # the batch start_episode measures the initial loss on
         optimizer = LearnedOptimizer(list(params.values()), rule=rule, adapt=kappa)
         for _ in range(steps):
             optimizer.zero_grad()
@@ -130,7 +129,7 @@ def test_family_covers_every_dataset_and_runs():
         config = TaskConfig(dataset, 8, 1, "relu", 16 if dataset != "quadratic" else None, 5, in_dim=8, n_classes=3)
         tasks = [build_task(config, s) for s in (0, 1)]
         with torch.no_grad():
-            result = batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3)
+            result = start_episode(rule, tasks, [0, 1], 5).advance(rule, 3, MeanLogRatio())
         assert result.finite and len(result.losses) == 3
 
 
@@ -146,7 +145,7 @@ def test_lowdim_problems_are_a_few_numbers_at_varied_scales():
         dims.add(params["layer0.weight"].numel())
         scales += [float(t.x_train.abs().mean()) for t in tasks]
         with torch.no_grad():
-            result = batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3)
+            result = start_episode(rule, tasks, [0, 1], 5).advance(rule, 3, MeanLogRatio())
         assert result.finite
     assert dims == {1, 2, 3}
     assert max(scales) / min(scales) > 20  # data scales spread over decades
@@ -165,7 +164,7 @@ def test_illcond_problems_have_the_condition_numbers_they_are_drawn_with():
             conditions.append(float(eig.max() / eig.min()))
             dims.add(t.x_train.shape[1])
         with torch.no_grad():
-            assert batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3).finite
+            assert start_episode(rule, tasks, [0, 1], 5).advance(rule, 3, MeanLogRatio()).finite
     assert dims <= {10, 20, 50} and len(dims) > 1
     assert 10 * 0.99 <= min(conditions) and max(conditions) <= 1e4 * 1.01  # kappa drawn in [10, 1e4]
     assert max(conditions) / min(conditions) > 30  # and spread over decades
@@ -218,7 +217,7 @@ def test_family_param_scale_draws_shared_factors_per_architecture():
         assert len(tasks[0].param_scales) == len(tasks[0].init_params(torch.Generator()))
         factors += tasks[0].param_scales
         with torch.no_grad():
-            assert batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3).finite
+            assert start_episode(rule, tasks, [0, 1], 5).advance(rule, 3, MeanLogRatio()).finite
     assert 0.1 <= min(factors) and max(factors) <= 10.0 and max(factors) / min(factors) > 20
     assert family.describe()["param_scale"] == [0.1, 10.0]
     # off by default: no factors drawn
@@ -237,7 +236,7 @@ def test_shared_data_gather_draws_the_same_minibatches_as_each_task():
     episode = start_episode(rule, tasks, [7, 8, 9], 5)
     reference = episode.clone()
     x, y = episode.next_batch()  # the one-gather path (all tasks share the digits tensors)
-    expected = stack_batches([next(s) for s in reference.streams])
+    expected = stack_batches([next(t.batches(g)) for t, g in zip(reference.tasks, reference.generators)])
     assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
 
 
@@ -254,7 +253,7 @@ def test_episode_lives_on_the_rules_device(shared):
     episode = start_episode(rule, tasks, [0, 1], 5)
     assert episode.device.type == "meta"
     tensors = [*episode.params.values(), *(t for s in episode.state.values() for t in s.values()),
-               episode.initial_loss, *episode.next_batch(), *episode.clone().next_batch()]
+               *episode.next_batch(), *episode.clone().next_batch()]
     assert {t.device.type for t in tensors} == {"meta"}
 
 
@@ -262,8 +261,9 @@ def test_episode_without_batches_refuses_a_device_it_cannot_feed():
     from l2o.tasks.quadratic import QuadraticTask
 
     # The quadratic keeps W and y to itself: its loss would mix a CPU matrix with device parameters.
-    with pytest.raises(ValueError, match="only run on the CPU"):
-        start_episode(MLPRule(hidden=4).to("meta"), [QuadraticTask(dim=3)], [0], 5)
+    episode = start_episode(MLPRule(hidden=4).to("meta"), [QuadraticTask(dim=3)], [0], 5)
+    with pytest.raises(ValueError, match="only run on the CPU"):  # at its first batch
+        episode.next_batch()
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -272,16 +272,16 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @cuda
 @pytest.mark.parametrize("estimator", ["bptt", "es", "pes"])
 def test_meta_training_on_cuda_follows_the_cpu(estimator):
-    from l2o.meta.general import GeneralConfig, GeneralTrainer
+    from l2o.meta.trainer import MetaConfig, MetaTrainer
 
     def train(device):
         torch.manual_seed(0)
         rule = MLPRule(hidden=8).to(device)
         family = GeneralFamily(datasets=("digits", "regression"), widths=(8,), depths=(1,), activations=("tanh",),
                                batch_sizes=(16,), horizon=(30, 30))
-        config = GeneralConfig(estimator=estimator, outer_steps=4, batch_size=3, groups=2, unroll=5, pairs=2,
+        config = MetaConfig(estimator=estimator, outer_steps=4, batch_size=3, groups=2, unroll=5, pairs=2,
                                val_every=2, val_steps=5)
-        trainer = GeneralTrainer(rule, family, config, directory=None, log=False)
+        trainer = MetaTrainer(rule, family, config, directory=None, log=False)
         start = torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu()
         trainer.train(progress_bar=False)
         return start, torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu(), trainer.summary.best_val
@@ -311,7 +311,7 @@ def test_consistent_problems_have_a_minimum_near_zero_at_varied_scales():
             scales.append(float(t.y_train.square().mean().sqrt()))
             dims.add(x.shape[1])
         with torch.no_grad():
-            assert batched_unroll(rule, start_episode(rule, tasks, [0, 1], 5), 3).finite
+            assert start_episode(rule, tasks, [0, 1], 5).advance(rule, 3, MeanLogRatio()).finite
     assert 0 < min(floors) and max(floors) < 1e-4  # reachable minimum far below the initial loss
     assert dims <= {1, 2, 3, 10, 20, 50} and len(dims) >= 4
     assert max(c for c in conditions if c > 1.01) > 100  # condition numbers up to 1e3 ...
@@ -342,16 +342,16 @@ def _regression_module_family(width: int | None = None):
 
 
 def test_family_training_meta_trains_on_a_family_of_ones_own_modules(tmp_path):
-    """Any TaskFamily whose sample() gives tasks of one architecture trains with GeneralTrainer
+    """Any TaskFamily whose sample() gives tasks of one architecture trains with MetaTrainer
     (TaskFamily.sample_batch); the trained rule then deploys as a LearnedOptimizer on the module."""
     from l2o import LearnedOptimizer
-    from l2o.meta.general import GeneralConfig, GeneralTrainer
+    from l2o.meta.trainer import MetaConfig, MetaTrainer
 
     family, net, x, y = _regression_module_family(width=16)
     rule = MLPRule(hidden=8)
     untrained = copy.deepcopy(rule)
-    config = GeneralConfig(outer_steps=40, batch_size=4, groups=2, unroll=10, val_every=0, checkpoint_every=20)
-    GeneralTrainer(rule, family, config, directory=tmp_path, log=False).train(progress_bar=False)
+    config = MetaConfig(outer_steps=40, batch_size=4, groups=2, unroll=10, val_every=0, checkpoint_every=20)
+    MetaTrainer(rule, family, config, directory=tmp_path, log=False).train(progress_bar=False)
     assert (tmp_path / "last.safetensors").is_file()
 
     def final_loss(r, seed):

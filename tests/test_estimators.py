@@ -1,9 +1,10 @@
-"""ES and PES meta-gradient estimators: unbiasedness on tiny problems with known gradients."""
+"""ES and PES meta-gradient estimators: unbiasedness on tiny problems with known gradients, through
+the estimators' one signature (``init_state``, ``estimate``) over a toy unroll."""
 
 import pytest
 import torch
 
-from l2o.meta.estimators import PES, antithetic_es, flatten_module, load_flat
+from l2o.meta.estimators import PES, TruncatedES, antithetic_es, flatten_module, load_flat
 
 
 def test_antithetic_es_is_unbiased_on_a_quadratic():
@@ -35,6 +36,29 @@ def _unrolled_problem(thetas, x, steps):
     return total, x
 
 
+class _Box:
+    """A toy episode: the inner state x."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+class _ToyUnroll:
+    """The estimators' Unroll over :func:`_unrolled_problem` (forward only)."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def forward(self, thetas, boxes):
+        loss, x = _unrolled_problem(thetas, torch.stack([b.x for b in boxes]), self.steps)
+        for box, value in zip(boxes, x):
+            box.x = value
+        return loss, True
+
+    def clone(self, box):
+        return _Box(box.x.clone())
+
+
 def test_pes_is_unbiased_for_the_full_unroll_and_truncated_es_is_not():
     horizon, trunc = 12, 3
     theta = torch.tensor([0.3, 0.5], dtype=torch.float64)
@@ -50,18 +74,17 @@ def test_pes_is_unbiased_for_the_full_unroll_and_truncated_es_is_not():
     pes_estimates, tes_estimates = [], []
     for _ in range(repeats):
         pes = PES(sigma=0.01, pairs=pairs)
-        pes.reset(lambda: torch.tensor(x0, dtype=torch.float64), dim=2, dtype=torch.float64)
+        toy = _ToyUnroll(trunc)
+        state = pes.init_state(_Box(torch.tensor(x0, dtype=torch.float64)), 2, clone=toy.clone, dtype=torch.float64)
         grad_pes = torch.zeros(2, dtype=torch.float64)
-
-        def truncation(thetas, states):
-            loss, x = _unrolled_problem(thetas, torch.stack(states), trunc)
-            return loss, list(x)
 
         # Truncated ES: particles start each truncation from the state reached with theta itself.
         x_mean = torch.full((1,), x0, dtype=torch.float64)
         grad_tes = torch.zeros(2, dtype=torch.float64)
         for _ in range(horizon // trunc):
-            grad_pes += pes.step(truncation, theta, gen)[0]
+            estimate = pes.estimate(toy, theta, state, gen)
+            grad_pes += estimate.grad
+            state = estimate.state
             start = x_mean.clone()
             grad_tes += antithetic_es(lambda th: _unrolled_problem(th, start.expand(th.shape[0]), trunc)[0],
                                       theta, 0.01, pairs, gen)[0]
@@ -83,11 +106,25 @@ def test_flatten_and_load_round_trip():
     assert torch.allclose(flatten_module(module), vec * 2)
 
 
+def test_truncated_es_estimator_is_antithetic_es_from_the_episode_state():
+    # the class draws the same perturbations as the function and starts every particle where the
+    # episode stands, which then moves on with theta itself
+    theta = torch.tensor([0.3, 0.5], dtype=torch.float64)
+    toy = _ToyUnroll(3)
+    es = TruncatedES(sigma=0.01, pairs=4)
+    state = es.init_state(_Box(torch.tensor(1.0, dtype=torch.float64)), 2)
+    estimate = es.estimate(toy, theta, state, torch.Generator().manual_seed(5))
+    expected, value = antithetic_es(lambda th: _unrolled_problem(th, torch.ones(th.shape[0], dtype=torch.float64), 3)[0],
+                                    theta, 0.01, 4, torch.Generator().manual_seed(5))
+    assert torch.equal(estimate.grad, expected) and estimate.value == value
+    assert torch.equal(estimate.state.episode.x, _unrolled_problem(theta.unsqueeze(0), torch.ones(1, dtype=torch.float64), 3)[1][0])
+
+
 def test_bad_arguments_raise():
     gen = torch.Generator()
     with pytest.raises(ValueError, match="sigma"):
         antithetic_es(lambda t: t.sum(1), torch.zeros(2), 0.0, 1, gen)
     with pytest.raises(ValueError, match="pairs"):
         PES(0.1, 0)
-    with pytest.raises(RuntimeError, match="reset"):
-        PES(0.1, 1).step(lambda th, st: (th.sum(1), st), torch.zeros(2), gen)
+    with pytest.raises(ValueError, match="sigma"):
+        TruncatedES(0.0, 1)

@@ -1,12 +1,12 @@
-"""Meta-gradients of the unroll, checkpoint helpers, and the truncated-BPTT trainer
-(best-on-validation, resume after a kill, NaN rollback)."""
+"""Meta-gradients of the paper's episode (one unstacked task, the sum of losses), checkpoint
+helpers, and the meta-trainer configured as the paper's truncated BPTT (best-on-validation,
+resume after a kill, NaN rollback)."""
 
 import pytest
 import torch
 
 from l2o.learned.lstm import LSTMRule
-from l2o.meta import bptt as bptt_module
-from l2o.meta.bptt import BPTTConfig, BPTTTrainer
+from l2o.meta import episode as episode_module
 from l2o.meta.checkpoint import (
     Checkpointer,
     generator_from_tensor,
@@ -16,7 +16,8 @@ from l2o.meta.checkpoint import (
     optimizer_from_tensors,
     optimizer_to_tensors,
 )
-from l2o.meta.unroll import detach_state, unroll
+from l2o.meta.episode import SumOfLosses, start_episode
+from l2o.meta.trainer import MetaConfig, MetaTrainer
 from l2o.tasks.base import Task, TaskFamily
 from l2o.tasks.quadratic import QuadraticFamily, QuadraticTask
 
@@ -50,10 +51,12 @@ def _tiny_rule():
     return LSTMRule(hidden_size=4, num_layers=2).double()
 
 
+def _episode(rule, task, horizon=100):
+    return start_episode(rule, [task], [1], horizon, stacked=False)
+
+
 def _meta_loss(rule, task, steps=4, second_order=False):
-    params = task.init_params(torch.Generator().manual_seed(1))
-    result = unroll(rule, task, params, rule.init_state(params), task.batches(None), steps, second_order=second_order)
-    return result.meta_loss
+    return _episode(rule, task).advance(rule, steps, SumOfLosses(), second_order=second_order).meta_loss
 
 
 def _finite_difference(rule, task, name, index, second_order, eps=1e-6):
@@ -102,17 +105,18 @@ def test_first_order_differs_from_second_order_on_a_curved_loss():
     assert not all(torch.allclose(a, b) for a, b in zip(first, second))
 
 
-def test_unroll_carries_state_and_stops_on_nan():
+def test_episode_carries_state_across_truncations_and_stops_on_nan():
     rule, task = _tiny_rule(), Quadratic64()
-    params = task.init_params(torch.Generator().manual_seed(1))
-    state = rule.init_state(params)
-    whole = unroll(rule, task, params, state, task.batches(None), 6)
-    first = unroll(rule, task, params, state, task.batches(None), 3)
-    second = unroll(rule, task, *detach_state(first.params, first.state), task.batches(None), 3)
+    whole = _episode(rule, task).advance(rule, 6, SumOfLosses())
+    episode = _episode(rule, task)
+    first = episode.advance(rule, 3, SumOfLosses())
+    second = episode.advance(rule, 3, SumOfLosses())
+    assert episode.step == 6
     assert first.losses + second.losses == pytest.approx(whole.losses, rel=1e-12)
     assert whole.meta_loss.item() == pytest.approx(sum(whole.losses))
-    bad = {"theta": torch.full((3,), float("nan"), dtype=torch.float64)}
-    result = unroll(rule, task, bad, rule.init_state(bad), task.batches(None), 5)
+    bad = _episode(rule, task)
+    bad.params = {"theta": torch.full((3,), float("nan"), dtype=torch.float64)}
+    result = bad.advance(rule, 5, SumOfLosses())
     assert not result.finite and len(result.losses) == 1
 
 
@@ -152,11 +156,16 @@ CONFIG = dict(unroll=5, horizon=20, outer_steps=9, val_every=4, val_episodes=1, 
 
 
 def _train(directory, config=None, resume=False, family=None):
+    """The paper's meta-training (as ``l2o reproduce l2l`` configures it); the rule ends holding
+    the best-on-validation weights."""
     torch.manual_seed(0)
     rule = LSTMRule(hidden_size=6)
-    trainer = BPTTTrainer(rule, family or QuadraticFamily(dim=4), BPTTConfig(**(config or CONFIG)),
-                          directory=directory, log=lambda message: messages.append(message))
+    config = MetaConfig(**{"estimator": "bptt", "meta_loss": "sum", "batch_size": None, "groups": 1, "clip": None,
+                           "val_steps": None, "meta_lr": 1e-3, "max_rollbacks": 10, **(config or CONFIG)})
+    trainer = MetaTrainer(rule, family or QuadraticFamily(dim=4), config, directory=directory,
+                          log=lambda message: messages.append(message))
     summary = trainer.train(resume=resume, progress_bar=False)
+    rule.load_state_dict(trainer.best_state())
     return rule, summary
 
 
@@ -182,20 +191,20 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch)
     reference_rule, reference = _train(tmp_path / "ref")
     # Kill the run in the middle of outer step 8 (after the checkpoint of step 6, mid-episode).
     calls = {"n": 0}
-    real_unroll = bptt_module.unroll
+    real_advance = episode_module.Episode.advance
 
-    def dying_unroll(*args, **kwargs):
+    def dying_advance(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 8 + 4:  # 8th training unroll, plus a 4-truncation validation episode at step 4
+        if calls["n"] == 8 + 1:  # 8th training truncation, plus the validation episode at step 4
             raise _Killed
-        return real_unroll(*args, **kwargs)
+        return real_advance(*args, **kwargs)
 
-    monkeypatch.setattr(bptt_module, "unroll", dying_unroll)
+    monkeypatch.setattr(episode_module.Episode, "advance", dying_advance)
     with pytest.raises(_Killed):
         _train(tmp_path / "run")
-    monkeypatch.setattr(bptt_module, "unroll", real_unroll)
+    monkeypatch.setattr(episode_module.Episode, "advance", real_advance)
     _, last_meta = Checkpointer(tmp_path / "run", 3).load_last()
-    assert last_meta["step"] == 6 and last_meta["progress"]["truncation"] == 2  # mid-episode
+    assert last_meta["step"] == 6 and last_meta["groups"][0]["step"] == 2 * 5  # mid-episode
     messages.clear()
     resumed_rule, resumed = _train(tmp_path / "run", resume=True)
     assert any("resumed" in m and "step 6" in m for m in messages)

@@ -14,7 +14,7 @@ from l2o.bench.optimizers import resolve
 from l2o.learned.mlp import MLPRule
 from l2o.learned.optimizer import LearnedOptimizer
 from l2o.learned.weights import load_rule
-from l2o.meta.general import GeneralConfig, GeneralTrainer
+from l2o.meta.trainer import MetaConfig, MetaTrainer
 from l2o.tasks.family import GeneralFamily
 
 TINY = ["--task", "regression", "--widths", "4", "--depths", "1", "--batch-sizes", "8", "--horizon", "10:20",
@@ -63,30 +63,44 @@ def test_history_keeps_the_last_row_of_a_step_and_skips_non_finite_values(tmp_pa
         read_history(path)
 
 
-def _trainer(tmp_path, every=2, steps=6):
-    family = GeneralFamily(datasets=("regression",), widths=(4,), depths=(1,), batch_sizes=(8,), horizon=(10, 20))
-    config = GeneralConfig(outer_steps=steps, batch_size=2, groups=1, unroll=5, checkpoint_every=every, val_every=0)
-    return GeneralTrainer(MLPRule(hidden=4), family, config, directory=tmp_path / "ckpt")
+def _family():
+    return GeneralFamily(datasets=("regression",), widths=(4,), depths=(1,), batch_sizes=(8,), horizon=(10, 20))
+
+
+def _trainer(tmp_path, every=2, steps=6, **options):
+    config = MetaConfig(**{"outer_steps": steps, "batch_size": 2, "groups": 1, "unroll": 5, "checkpoint_every": every,
+                           "val_every": 0, **options})
+    torch.manual_seed(0)
+    return MetaTrainer(MLPRule(hidden=4), _family(), config, directory=tmp_path / "ckpt")
 
 
 @pytest.mark.parametrize("decay", ["constant", "cosine"])
 def test_meta_learning_rate_follows_its_schedule(tmp_path, decay):
-    family = GeneralFamily(datasets=("regression",), widths=(4,), depths=(1,), batch_sizes=(8,), horizon=(10, 20))
-    config = GeneralConfig(outer_steps=4, batch_size=2, groups=1, unroll=5, val_every=0, meta_lr=1e-2,
-                           meta_lr_decay=decay)
-    trainer = GeneralTrainer(MLPRule(hidden=4), family, config, log=False)
+    config = MetaConfig(outer_steps=4, batch_size=2, groups=1, unroll=5, val_every=0, meta_lr=1e-2,
+                        meta_lr_decay=decay)
+    trainer = MetaTrainer(MLPRule(hidden=4), _family(), config, log=False)
     used = []
-    step = trainer.meta_opt.step
-    trainer.meta_opt.step = lambda: (used.append(trainer.meta_opt.param_groups[0]["lr"]), step())[1]
+    step = trainer.meta_optimizer.step
+    trainer.meta_optimizer.step = lambda: (used.append(trainer.meta_optimizer.param_groups[0]["lr"]), step())[1]
     trainer.train(progress_bar=False)
     expected = [1e-2] * 4 if decay == "constant" else [1e-2 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert used == pytest.approx(expected)
     with pytest.raises(ValueError, match="meta_lr_decay"):
-        GeneralConfig(meta_lr_decay="linear")
+        MetaConfig(meta_lr_decay="linear")
 
 
-def test_interrupted_run_loses_at_most_one_checkpoint_interval(tmp_path, monkeypatch):
-    trainer = _trainer(tmp_path, every=2, steps=8)
+def _weights(trainer):
+    return [p.detach().clone() for p in trainer.rule.parameters()]
+
+
+@pytest.mark.parametrize("estimator", ["bptt", "pes"])
+def test_interrupted_run_resumes_exactly_where_it_stopped(tmp_path, estimator):
+    # groups=2 and episodes of 10-20 steps in truncations of 5: the checkpoint of step 4 holds two
+    # episodes in flight (and, for PES, their particles and accumulated perturbations)
+    options = {"estimator": estimator, "groups": 2, "pairs": 2}
+    reference = _trainer(tmp_path / "ref", every=2, steps=9, **options)
+    reference.train(progress_bar=False)
+    trainer = _trainer(tmp_path / "run", every=2, steps=9, **options)
     real_step = trainer._outer_step
 
     def crash_at_5(step):
@@ -94,15 +108,36 @@ def test_interrupted_run_loses_at_most_one_checkpoint_interval(tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_step(step)
 
-    monkeypatch.setattr(trainer, "_outer_step", crash_at_5)
+    trainer._outer_step = crash_at_5
     with pytest.raises(KeyboardInterrupt):
         trainer.train(progress_bar=False)
-    weights_at_4 = load_tensors(tmp_path / "ckpt" / "last.safetensors")
-    assert weights_at_4[1]["step"] == 4
-    resumed = _trainer(tmp_path, every=2, steps=8)
+    _, meta = load_tensors(tmp_path / "run" / "ckpt" / "last.safetensors")
+    in_flight = [g.get("particles", [g])[0] for g in meta["groups"] if g is not None]
+    assert meta["step"] == 4 and any(0 < g["step"] < g["horizon"] for g in in_flight)  # mid-episode
+    resumed = _trainer(tmp_path / "run", every=2, steps=9, **options)
+    with torch.no_grad():  # the checkpoint, not the fresh rule, must supply the weights
+        for p in resumed.rule.parameters():
+            p.add_(1.0)
     resumed.train(resume=True, progress_bar=False)
-    assert resumed.summary.outer_steps == 8
-    assert load_tensors(tmp_path / "ckpt" / "last.safetensors")[1]["step"] == 8
+    assert resumed.summary.history == reference.summary.history
+    assert resumed.summary.outer_steps == 9 and resumed.summary.next_episode == reference.summary.next_episode
+    for a, b in zip(_weights(reference), _weights(resumed)):
+        assert torch.equal(a, b)
+    state_a, state_b = reference.meta_optimizer.state_dict()["state"], resumed.meta_optimizer.state_dict()["state"]
+    assert all(torch.equal(state_a[i]["exp_avg_sq"], state_b[i]["exp_avg_sq"]) for i in state_a)
+
+
+def test_an_old_checkpoint_is_refused_with_the_reason(tmp_path):
+    from l2o.io import save_tensors
+
+    trainer = _trainer(tmp_path, every=2, steps=2)
+    save_tensors(tmp_path / "ckpt" / "last.safetensors", {"rule/x": torch.zeros(1)}, {"step": 2, "summary": {}})
+    with pytest.raises(ValueError, match="earlier l2o meta-trainer .* cannot be resumed exactly"):
+        trainer.train(resume=True, progress_bar=False)
+    trainer.train(progress_bar=False)  # a new run in its place
+    other = _trainer(tmp_path, every=2, steps=4, estimator="es")
+    with pytest.raises(ValueError, match="estimator='bptt'"):
+        other.train(resume=True, progress_bar=False)
 
 
 def test_non_finite_meta_loss_rolls_back_and_says_so(tmp_path, monkeypatch, capsys):
@@ -116,13 +151,13 @@ def test_non_finite_meta_loss_rolls_back_and_says_so(tmp_path, monkeypatch, caps
             calls["fired"] = 1
             for p in trainer.rule.parameters():  # poison the weights, as a real blow-up would
                 p.data.fill_(float("nan"))
-            return math.nan, 0
+            return math.nan, False, 0
         return real_step(step)
 
     monkeypatch.setattr(trainer, "_outer_step", nan_once_at_3)
     summary = trainer.train(progress_bar=False)
     err = capsys.readouterr().err
-    assert "rolled back to the checkpoint of step 2" in err
+    assert "rolled back to the checkpoint of outer step 2" in err
     assert summary.rollbacks == 1 and summary.outer_steps == 6
     assert all(torch.isfinite(p).all() for p in trainer.rule.parameters())
 

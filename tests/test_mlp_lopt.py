@@ -310,7 +310,7 @@ def test_batch_dims_normalizes_per_task(options):
     stacked_p = {"w": torch.stack([p["w"] for p in singles])}
     stacked_g = {"w": torch.stack([g["w"] for g in grads])}
     with torch.enable_grad():
-        new_stacked, _ = rule.update(stacked_g, rule.init_state_batched(stacked_p), stacked_p, batch_dims=1)
+        new_stacked, _ = rule.update(stacked_g, rule.init_state_batched(stacked_p, batch_dims=1), stacked_p, batch_dims=1)
         for i in range(2):
             new_single, _ = rule.update(grads[i], rule.init_state(singles[i]), singles[i])
             torch.testing.assert_close(new_stacked["w"][i], new_single["w"])
@@ -328,7 +328,7 @@ def test_grouped_batched_update_matches_the_per_tensor_one(hidden_layers, option
     params = {k: torch.randn(3, *s, generator=gen, dtype=torch.float64) * (10.0 if k == "b" else 1.0)
               for k, s in shapes.items()}
     grads = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in params.items() if k != "frozen"}
-    state = rule.init_state_batched(params)
+    state = rule.init_state_batched(params, batch_dims=1)
     state["b"]["step"] = state["b"]["step"] + 5  # tensors at different step counts
     runs = {}
     for grouped in (False, True):

@@ -180,86 +180,70 @@ def _device_name(device) -> str:
 
 def _train(args) -> int:
     import json
-    import math
     import time
-    from dataclasses import asdict
 
     import torch
 
-    from l2o.learned.weights import save_rule
-    from l2o.meta.general import GeneralConfig, GeneralTrainer
+    from l2o.meta.trainer import MetaConfig, MetaTrainer
 
     torch.set_num_threads(args.threads)
     device = _device(args.device)
     family = _family(args)
-    if args.init is not None:
-        rule = _initial_rule(args)
-    elif (args.optimizer or "mlp") == "mlp":
-        from l2o.learned.mlp import MLPRule
-
-        rule = MLPRule(hidden=args.hidden or 16, tensor_features=args.tensor_features, adam_ratios=args.adam_ratios)
-    else:
-        for flag in ("tensor_features", "adam_ratios"):
-            if getattr(args, flag):
-                raise ValueError(f"--{flag.replace('_', '-')} applies to --optimizer mlp only")
-        from l2o.learned.lstm import LSTMRule
-
-        rule = LSTMRule(hidden_size=args.hidden or 20)
+    rule = _initial_rule(args) if args.init is not None else _new_rule(args)
     rule.to(device)
     if args.adapt is None:  # fine-tuning keeps the adaptation the given weights were trained under
         from l2o.learned.adaptation import default_adapt
 
         args.adapt = default_adapt(rule) if args.init is not None else 0.0
     start, steps = args.curriculum if args.curriculum else (None, 0)
-    config = GeneralConfig(estimator=args.estimator, outer_steps=args.steps, batch_size=args.batch, groups=args.groups,
-                           unroll=args.unroll, curriculum_start=start, curriculum_steps=steps, meta_lr=args.meta_lr,
-                           meta_lr_decay=args.meta_lr_decay,
-                           clip=args.clip or None, sigma=args.sigma, pairs=args.pairs,
-                           checkpoint_every=args.checkpoint_every, val_every=args.val_every, val_steps=args.val_steps,
-                           seed=args.seed, adapt=args.adapt)
-    trainer = GeneralTrainer(rule, family, config, directory=args.out)
+    config = MetaConfig(estimator=args.estimator, outer_steps=args.steps, batch_size=args.batch, groups=args.groups,
+                        unroll=args.unroll, curriculum_start=start, curriculum_steps=steps, meta_lr=args.meta_lr,
+                        meta_lr_decay=args.meta_lr_decay, clip=args.clip or None, sigma=args.sigma, pairs=args.pairs,
+                        checkpoint_every=args.checkpoint_every, val_every=args.val_every, val_episodes=args.groups,
+                        val_steps=args.val_steps, seed=args.seed, adapt=args.adapt)
+    trainer = MetaTrainer(rule, family, config, directory=args.out)
     wall = time.time()
     summary = trainer.train(resume=args.resume, progress_bar=not args.no_progress)
     wall = time.time() - wall
-    best = trainer.checkpointer.load_best()
     described = family.describe() if hasattr(family, "describe") else {"name": getattr(family, "name", None)}
     if args.family is not None:
         described = {**described, "path": args.family}
-    card = {"training": {"family": described, "config": asdict(config),
-                         "outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
-                         "meta_train_seconds": round(summary.seconds, 1),
-                         "meta_train_cpu_seconds": round(summary.cpu_seconds, 1), "threads": torch.get_num_threads(),
-                         "device": _device_name(device),
-                         "rollbacks": summary.rollbacks,
-                         "best_val_log_loss_ratio": None if math.isinf(summary.best_val) else summary.best_val,
-                         "command": ("l2o " + " ".join(sys.argv[1:])) if "meta" in sys.argv[1:2] else None}}
+    training = {"family": described, "device": _device_name(device),
+                "command": ("l2o " + " ".join(sys.argv[1:])) if "meta" in sys.argv[1:2] else None}
     if args.init is not None:
-        card["training"]["init"] = args.init
-    if args.adapt:  # what the weights were trained to run under: LearnedOptimizer's default for them
-        card["deploy"] = {"adapt": args.adapt}
-    final = f"{args.out}/weights.safetensors"
-    save_rule(final, rule, card)
-    print(f"final weights: {final}")
-    if best is not None:
-        from l2o.meta.checkpoint import unprefixed
-
-        best_rule = type(rule)(**rule.config())
-        best_rule.load_state_dict(unprefixed("rule/", best[0]))
-        selected = {"selected": "best validation", "selected_at_outer_step": best[1].get("summary", {}).get("outer_steps")}
-        save_rule(f"{args.out}/best_weights.safetensors", best_rule, {**card, **selected})
-        print(f"best-on-validation weights: {args.out}/best_weights.safetensors")
-    from l2o.meta.plot import plot_history, read_history
-
-    history = Path(args.out) / "history.jsonl"
-    if history.is_file() and any(read_history(history)):  # nothing to draw before 10 outer steps or a validation
-        print(f"plot: {plot_history(history, Path(args.out) / 'training.png', _run_title(args.out))}")
+        training["init"] = args.init
+    paths = trainer.export({"training": training}, title=_run_title(args.out))
+    print(f"final weights: {paths['weights']}")
+    if "best_weights" in paths:
+        print(f"best-on-validation weights: {paths['best_weights']}")
+    if "plot" in paths:
+        print(f"plot: {paths['plot']}")
+    best = summary.best_val if summary.val_history and summary.best_val < float("inf") else None
     print(json.dumps({"outer_steps": summary.outer_steps, "inner_steps": summary.inner_steps,
                       "seconds": round(summary.seconds, 1), "cpu_seconds": round(summary.cpu_seconds, 1),
                       "wall_seconds": round(wall, 1),
                       "inner_steps_per_second": round(summary.inner_steps_per_second, 1),
-                      "rollbacks": summary.rollbacks,
-                      "best_val": card["training"]["best_val_log_loss_ratio"]}))  # null: no validation ran
+                      "rollbacks": summary.rollbacks, "best_val": best}))  # null: no validation ran
     return 0
+
+
+#: ``--optimizer`` kind -> {flag: constructor argument} of the rule options it takes
+RULE_OPTIONS = {"mlp": {"hidden": "hidden", "tensor_features": "tensor_features", "adam_ratios": "adam_ratios"},
+                "lstm": {"hidden": "hidden_size"}}
+
+
+def _new_rule(args):
+    """A fresh rule of ``--optimizer``'s kind from the ``l2o.learned.RULES`` registry, with the options
+    given (an option another kind takes is refused rather than ignored)."""
+    from l2o.learned import RULES
+
+    kind = args.optimizer or "mlp"
+    options = RULE_OPTIONS[kind]
+    for flag in ("tensor_features", "adam_ratios"):
+        if getattr(args, flag) and flag not in options:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to --optimizer mlp only")
+    kwargs = {options[flag]: getattr(args, flag) for flag in options if getattr(args, flag) not in (None, False)}
+    return RULES.get(kind)(**kwargs)
 
 
 FAMILY_FLAGS = ("task", "datasets", "activations", "widths", "depths", "batch_sizes", "horizon", "param_scale")
@@ -289,16 +273,13 @@ def _family(args):
 def _initial_rule(args):
     """The rule of ``--init``: its weights and architecture (flags that would change the
     architecture are refused rather than ignored)."""
-    from l2o.meta.evaluate import load_rule_by_name
+    from l2o.learned.weights import load_weights
 
     given = [flag for flag, value in (("--hidden", args.hidden), ("--tensor-features", args.tensor_features),
                                       ("--adam-ratios", args.adam_ratios)) if value]
     if given:
         raise ValueError(f"{', '.join(given)}: the rule's architecture comes from --init {args.init}")
-    try:
-        rule = load_rule_by_name(args.init)
-    except ValueError as error:
-        raise ValueError(str(error).replace("--weights", "--init")) from error
+    rule = load_weights(args.init, "--init")
     if args.optimizer is not None and args.optimizer != rule.kind:
         raise ValueError(f"--optimizer {args.optimizer}, but --init {args.init} holds a {rule.kind} rule")
     return rule
@@ -320,9 +301,10 @@ def _eval(args) -> int:
     import json
 
     from l2o.learned.adaptation import check_adapt
-    from l2o.meta.evaluate import compare_with_adam, format_table, load_rule_by_name
+    from l2o.learned.weights import load_weights
+    from l2o.meta.evaluate import compare_with_adam, format_table
 
-    rule = load_rule_by_name(args.weights)
+    rule = load_weights(args.weights)
     kwargs = _parse_task_args(args.task_arg)
     grid = [float(x) for x in args.adam_grid.split(",") if x]
     if not grid:

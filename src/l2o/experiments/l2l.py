@@ -139,30 +139,45 @@ def _digits_task(**kwargs) -> Task:
     return _DIGITS_CACHE[key]
 
 
+def meta_config(kind: str, config: L2LConfig):
+    """The :class:`~l2o.meta.trainer.MetaConfig` of the paper's meta-training on ``kind``: truncated
+    BPTT on one unstacked task per episode, the sum of the optimizee losses as the meta-loss,
+    Adam, no clipping; validation by the mean loss over the horizon."""
+    from l2o.meta.trainer import MetaConfig
+
+    outer_steps = config.digits_outer_steps if kind == "digits" else config.quadratic_outer_steps
+    return MetaConfig(estimator="bptt", meta_loss="sum", outer_steps=outer_steps, batch_size=None, groups=1,
+                      unroll=config.unroll, horizon=config.horizon, meta_lr=config.meta_lr, clip=None,
+                      checkpoint_every=config.checkpoint_every, val_every=config.val_every,
+                      val_episodes=config.val_episodes, val_steps=None, seed=config.seed, max_rollbacks=10)
+
+
 def meta_train(kind: str, config: L2LConfig, directory: Path | None, resume: bool = False,
                progress: bool = True):
-    """Meta-train an LSTM rule on ``kind`` ("digits" or "quadratic"); returns (rule, summary)."""
+    """Meta-train an LSTM rule on ``kind`` ("digits" or "quadratic"); returns (rule holding the
+    best-on-validation weights, summary, meta-training config)."""
     from l2o.learned.lstm import LSTMRule
-    from l2o.meta.bptt import BPTTConfig, BPTTTrainer
+    from l2o.meta.trainer import MetaTrainer
 
     if kind == "digits":
         from l2o.tasks.digits import DigitsMLPFamily
 
-        family, outer_steps = DigitsMLPFamily(), config.digits_outer_steps
+        family = DigitsMLPFamily()
     elif kind == "quadratic":
         from l2o.tasks.quadratic import QuadraticFamily
 
-        family, outer_steps = QuadraticFamily(), config.quadratic_outer_steps
+        family = QuadraticFamily()
     else:
         raise ValueError(f"kind must be 'digits' or 'quadratic', got {kind!r}")
+    if config.horizon % config.unroll:
+        raise ValueError(f"horizon ({config.horizon}) must be a multiple of unroll ({config.unroll})")
     torch.manual_seed(config.seed)  # the LSTM's initial weights
     rule = LSTMRule(preprocess_p=config.preprocess_p, output_scale=config.output_scale)
-    bptt = BPTTConfig(unroll=config.unroll, horizon=config.horizon, outer_steps=outer_steps,
-                      meta_lr=config.meta_lr, seed=config.seed, val_every=config.val_every,
-                      val_episodes=config.val_episodes, checkpoint_every=config.checkpoint_every)
-    trainer = BPTTTrainer(rule, family, bptt, directory=directory)
+    meta = meta_config(kind, config)
+    trainer = MetaTrainer(rule, family, meta, directory=directory)
     summary = trainer.train(resume=resume, progress_bar=progress)
-    return rule, summary, bptt
+    rule.load_state_dict(trainer.best_state())
+    return rule, summary, meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,32 +193,36 @@ class RunSet:
     diverged: int = 0
 
     @property
-    def finite(self) -> list[float]:
-        return [v for v in self.final if math.isfinite(v)]
+    def stats(self):
+        from l2o.compare import summarize
+
+        return summarize(self.final)
 
     @property
     def mean(self) -> float:
-        return sum(self.final) / len(self.final) if self.final else math.inf
+        return self.stats.mean if self.final else math.inf
 
     @property
     def std(self) -> float:
-        if len(self.final) < 2 or not all(math.isfinite(v) for v in self.final):
-            return math.nan
-        m = self.mean
-        return math.sqrt(sum((v - m) ** 2 for v in self.final) / (len(self.final) - 1))
+        return self.stats.std
+
+
+def run_once(setting: str, make_optimizer: Callable[[list], torch.optim.Optimizer], seed: int):
+    """Train ``setting``'s task with ``make_optimizer`` on ``seed`` (the shared loop); the result
+    and its final loss (inf when it diverged)."""
+    from l2o.train import train
+
+    result = train(make_task(setting, seed), make_optimizer, steps=SETTINGS[setting][3], seed=seed)
+    return result, (math.inf if result.diverged else float(result.final_train["loss"]))
 
 
 def run_optimizer(setting: str, make_optimizer: Callable[[list], torch.optim.Optimizer], seeds: list[int],
                   keep_curves: bool = True) -> RunSet:
-    """Train ``setting``'s task with ``make_optimizer`` once per seed (the shared loop)."""
-    from l2o.train import train
+    """Train ``setting``'s task with ``make_optimizer`` once per evaluation seed."""
+    from l2o.compare import run_seeds
 
     runs = RunSet()
-    steps = SETTINGS[setting][3]
-    for seed in seeds:
-        task = make_task(setting, seed)
-        result = train(task, make_optimizer, steps=steps, seed=seed)
-        final = math.inf if result.diverged else float(result.final_train["loss"])
+    for result, final in run_seeds(lambda seed: run_once(setting, make_optimizer, seed), seeds):
         runs.final.append(final)
         runs.diverged += int(result.diverged)
         if keep_curves:
@@ -212,14 +231,16 @@ def run_optimizer(setting: str, make_optimizer: Callable[[list], torch.optim.Opt
 
 
 def tune(setting: str, name: str, config: L2LConfig) -> tuple[float, dict[str, float]]:
-    """Choose ``name``'s learning rate on the tuning seeds: the lowest mean final loss wins."""
+    """Choose ``name``'s learning rate on the tuning seeds (:func:`l2o.compare.tune`: the lowest
+    mean final loss wins, ties to the smaller rate)."""
+    from l2o.compare import tune as tune_grid
+
     seeds = [TUNE_SEED0 + i for i in range(config.tune_seeds)]
-    scores = {}
-    for lr in config.lr_grid:
-        runs = run_optimizer(setting, lambda params, lr=lr: BASELINES[name](params, lr), seeds, keep_curves=False)
-        scores[repr(lr)] = runs.mean
-    best = min(config.lr_grid, key=lambda lr: (scores[repr(lr)], lr))
-    return best, scores
+    result = tune_grid(sorted(config.lr_grid),
+                       lambda lr, seed: run_once(setting, lambda params: BASELINES[name](params, lr), seed)[1],
+                       seeds, key=repr)
+    scores = {repr(lr): result.scores[repr(lr)] for lr in config.lr_grid}
+    return result.best, scores
 
 
 def evaluate_setting(setting: str, rule: LearnedRule, config: L2LConfig) -> dict[str, Any]:
@@ -273,11 +294,9 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def _fmt(mean: float, std: float, diverged: int, n: int) -> str:
-    if diverged == n:
-        return "diverged"
-    if not math.isfinite(mean):
-        return f"diverged {diverged}/{n}"
-    return f"{mean:.4f} ± {std:.4f}"
+    from l2o.compare import Stats, format_stats
+
+    return format_stats(Stats(mean, std, math.nan, n, diverged), runs=n)
 
 
 def plot_curves(results: dict[str, dict[str, Any]], out_dir: Path) -> list[Path]:

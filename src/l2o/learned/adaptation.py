@@ -33,7 +33,7 @@ def check_adapt(kappa: float, name: str = "adapt") -> float:
 def default_adapt(rule) -> float:
     """The adaptation rate ``rule`` was meta-trained under (``l2o meta train --adapt``, kept in its
     weights file's ``deploy`` entry and set by ``load_rule``); 0 for any other rule."""
-    return float(getattr(rule, "deploy_defaults", {}).get("adapt", 0.0))
+    return float(rule.deploy_defaults.get("adapt", 0.0))
 
 
 def next_log_scale(log_scale: Tensor, g: Tensor, u: Tensor, kappa: float, batch_dims: int = 0) -> Tensor:
@@ -69,3 +69,45 @@ def _advance(log_scale: Tensor, dot: Tensor, norm_g: Tensor, norm_u: Tensor, kap
     positive = norms > 0
     cos = torch.where(positive, dot.to(log_scale.dtype) / torch.where(positive, norms, 1.0), 0.0)
     return (log_scale + kappa * cos).clamp(-MAX_LOG_SCALE, MAX_LOG_SCALE)
+
+
+def init_adapt_state(state: dict, params: dict, tasks: int | None) -> dict:
+    """``state`` with the adaptation's entries added for each tensor: a zero log multiplier (one per
+    task when ``tasks`` instances are stacked, else one) and a zero previous step."""
+    out = {}
+    for name, p in params.items():
+        log_scale = p.new_zeros(tasks) if tasks is not None else p.new_zeros(())
+        out[name] = {**state[name], "log_scale": log_scale, "prev_step": torch.zeros_like(p)}
+    return out
+
+
+def adapted(rule, kappa: float, batch_dims: int = 0):
+    """The functional step of ``rule`` (``(grads, state, params) -> (new params, new state)``, with
+    ``batch_dims`` leading task dimensions) under the adaptation of rate ``kappa``: each tensor's
+    step (each task's, when stacked) multiplied by its adapted factor, the adaptation's state kept in
+    the tensor's state beside the rule's. ``kappa == 0``: the rule's own step, unwrapped.
+
+    This is the wrapper meta-training applies; ``LearnedOptimizer`` applies the same update in
+    place through :func:`next_log_scales`. The multipliers take no part in the meta-gradient (the
+    cosine is detached): the rule is trained for the steps it makes under them."""
+    def plain(grads, state, params):
+        return rule.update_batched(grads, state, params, batch_dims=batch_dims)
+
+    if not kappa:
+        return plain
+
+    def step(grads, state, params):
+        rule_state = {n: {k: v for k, v in s.items() if k not in ADAPT_KEYS} for n, s in state.items()}
+        new_params, new_state = plain(grads, rule_state, params)
+        for n, p in params.items():
+            log_scale = next_log_scale(state[n]["log_scale"], grads[n].detach(), state[n]["prev_step"].detach(), kappa,
+                                       batch_dims=batch_dims)
+            factor = torch.exp(log_scale)
+            if batch_dims:
+                factor = factor.view(*factor.shape, *([1] * (p.dim() - batch_dims)))
+            taken = (p - new_params[n]) * factor  # p_old - p_new
+            new_params[n] = p - taken
+            new_state[n] = {**new_state[n], "log_scale": log_scale, "prev_step": taken}
+        return new_params, new_state
+
+    return step

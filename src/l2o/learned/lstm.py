@@ -85,6 +85,9 @@ class LSTMRule(LearnedRule):
     """
 
     kind = "lstm"
+    #: coordinatewise, no per-tensor statistics: stacked tasks are more coordinates
+    supports_batching = False
+    supports_in_place = True
 
     def __init__(self, hidden_size: int = 20, num_layers: int = 2, preprocess_p: float | None = 10.0,
                  output_scale: float = 0.1):
@@ -141,7 +144,7 @@ class LSTMRule(LearnedRule):
 
     @torch.no_grad()
     def update_(self, grads: ParamDict, state: StateDict, params: ParamDict,
-                lr: dict[str, float | Tensor] | None = None) -> None:
+                lr: dict[str, float | Tensor] | None = None, fused: bool = False) -> None:
         """The step of :meth:`update` done in place (deployment; no autograd).
 
         The coordinates of all tensors with a gradient form one stream, as in :meth:`update`,
@@ -152,6 +155,8 @@ class LSTMRule(LearnedRule):
         differently). ``lr[name]`` scales a tensor's step as ``LearnedOptimizer`` does with
         out-of-place rules (a float, or a 0-d tensor on the parameters' device).
         """
+        if fused:
+            raise ValueError("LSTMRule has no fused step")
         names = [n for n in params if grads.get(n) is not None and params[n].numel() > 0]
         if not names:
             return

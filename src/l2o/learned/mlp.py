@@ -64,6 +64,8 @@ class MLPRule(LearnedRule):
     """
 
     kind = "mlp"
+    supports_batching = True
+    supports_in_place = True
     #: ``update_(..., fused=True)`` exists (``LearnedOptimizer(fused=True)``)
     supports_fused = True
 
@@ -118,11 +120,8 @@ class MLPRule(LearnedRule):
                 "rms_beta": self.rms_beta, "timescales": list(self.timescales_list), "step_mult": self.step_mult,
                 "exp_mult": self.exp_mult, "eps": self.eps, "tensor_features": self.tensor_features, "adam_ratios": self.adam_ratios}
 
-    def init_state(self, params: ParamDict) -> StateDict:
-        return {name: self._fresh_state(p, batch_dims=0) for name, p in params.items()}
-
-    def init_state_batched(self, params: ParamDict, batch_dims: int = 1) -> StateDict:
-        """Fresh state for parameters stacked along ``batch_dims`` leading task dimensions."""
+    def init_state(self, params: ParamDict, batch_dims: int = 0) -> StateDict:
+        """Fresh state, for parameters stacked along ``batch_dims`` leading task dimensions."""
         return {name: self._fresh_state(p, batch_dims) for name, p in params.items()}
 
     def _fresh_state(self, p: Tensor, batch_dims: int) -> dict[str, Tensor]:

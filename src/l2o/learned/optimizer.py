@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from l2o.learned.adaptation import ADAPT_KEYS, check_adapt, default_adapt, next_log_scales
-from l2o.learned.base import LearnedRule, apply_step_
+from l2o.learned.adaptation import check_adapt, default_adapt, next_log_scales
+from l2o.learned.base import LearnedRule
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -69,10 +69,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             from l2o.learned.weights import PRETRAINED
 
             rule = PRETRAINED.load("l2l-digits")
-        adapt = default_adapt(rule) if adapt is None else check_adapt(adapt)
         if not isinstance(rule, LearnedRule):
             raise ValueError(f"rule must be a LearnedRule, got {type(rule).__name__}")
-        if fused and not getattr(rule, "supports_fused", False):
+        adapt = default_adapt(rule) if adapt is None else check_adapt(adapt)
+        if fused and not rule.supports_fused:
             raise ValueError(f"fused=True needs a rule with a fused step (the MLP rule); {type(rule).__name__} has none")
         self.fused, self.adapt = bool(fused), adapt
         super().__init__(params, {"lr": lr})
@@ -136,19 +136,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if self.adapt:
             multipliers = self._adapted_multipliers([p for _, p, _ in entries])
             entries = [(key, p, lr * m) for (key, p, lr), m in zip(entries, multipliers)]
-        in_place = getattr(self.rule, "update_", None)
-        if in_place is not None:  # the rule overwrites parameters and state: no per-step allocation
-            options = {"fused": True} if self.fused else {}
-            in_place(grads, {key: self.state[p] for key, p, _ in entries}, params,
-                     {key: lr for key, _, lr in entries}, **options)
-        else:
-            states = {key: {k: v for k, v in self.state[p].items() if k not in ADAPT_KEYS} for key, p, _ in entries}
-            new_params, new_states = self.rule.update(grads, states, params)
-            for key, p, lr in entries:
-                apply_step_(p, new_params[key], lr)
-                # A new dict (not update in place): a state_dict() taken earlier stays a snapshot.
-                kept = {k: v for k, v in self.state[p].items() if k in ADAPT_KEYS}
-                self.state[p] = {**new_states[key], **kept}
+        # The rule's in-place step (``LearnedRule.update_``: its own where it declares
+        # ``supports_in_place``, else ``update`` copied in place), the adaptation's entries left alone.
+        self.rule.update_(grads, {key: self.state[p] for key, p, _ in entries}, params,
+                          {key: lr for key, _, lr in entries}, fused=self.fused)
         if self.adapt:  # prev_step held p before the step: now the step taken
             torch._foreach_sub_([self.state[p]["prev_step"] for _, p, _ in entries], [p for _, p, _ in entries])
         return loss

@@ -114,3 +114,23 @@ def load_rule(path: str | os.PathLike) -> LearnedRule:
 
 
 PRETRAINED = PretrainedIndex(PRETRAINED_DIR)
+
+
+def resolve_weights(weights: str | os.PathLike, flag: str = "--weights") -> Path:
+    """The weights file that ``weights`` names: a path to a weights file, or the name of shipped
+    weights (:data:`PRETRAINED`). A ValueError (naming ``flag``) lists the shipped names otherwise."""
+    path = Path(weights)
+    if path.is_file():
+        return path
+    if str(weights) in PRETRAINED:
+        return PRETRAINED.path(str(weights))
+    if path.is_dir():
+        raise ValueError(f"{flag} {str(weights)!r} is a directory; give its weights file (e.g. "
+                         f"{path / 'weights.safetensors'})")
+    raise ValueError(f"{flag} {str(weights)!r} is neither a file nor shipped weights "
+                     f"({', '.join(PRETRAINED.names()) or 'none'})")
+
+
+def load_weights(weights: str | os.PathLike, flag: str = "--weights") -> LearnedRule:
+    """The rule of :func:`resolve_weights`'s file."""
+    return load_rule(resolve_weights(weights, flag))

@@ -1,19 +1,17 @@
-"""Evaluate a learned optimizer against Adam with a tuned learning rate, over seeds.
+"""Evaluate a learned optimizer against Adam with a tuned learning rate, over seeds (``l2o meta eval``).
 
-Tuning protocol: for each budget, Adam's learning rate is picked from a grid by the mean
-final *training* loss (full training set) over tuning seeds ``1000, 1001, ...``, which are
-disjoint from the evaluation seeds ``0 .. seeds-1``; held-out numbers never choose anything.
-Both optimizers then run on the evaluation seeds through the shared loop
-:func:`l2o.train.train`, and the mean/standard error of the final training and test losses
-are reported. A diverged run counts as ``inf`` loss.
+The protocol is :mod:`l2o.compare`'s: for each budget, Adam's learning rate is picked from a grid
+by the mean final *training* loss (full training set) over tuning seeds ``1000, 1001, ...``,
+which are disjoint from the evaluation seeds ``0 .. seeds-1``; held-out numbers never choose
+anything. Both optimizers then run on the evaluation seeds through the shared loop
+:func:`l2o.train.train`, and the mean and standard deviation (and standard error, in the JSON)
+of the final training and test losses are reported. A diverged run counts as ``inf`` loss.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,14 +22,10 @@ TUNE_SEED_OFFSET = 1000
 
 
 def load_rule_by_name(weights: str) -> LearnedRule:
-    """A weights file path, or the name of shipped weights (``l2o.learned.PRETRAINED``)."""
-    from l2o.learned.weights import PRETRAINED, load_rule
+    """A weights file path, or the name of shipped weights (:func:`l2o.learned.weights.load_weights`)."""
+    from l2o.learned.weights import load_weights
 
-    if Path(weights).is_file():
-        return load_rule(weights)
-    if weights in PRETRAINED:
-        return PRETRAINED.load(weights)
-    raise ValueError(f"--weights {weights!r} is neither a file nor shipped weights ({', '.join(PRETRAINED.names()) or 'none'})")
+    return load_weights(weights)
 
 
 def _final(result, split: str, metric: str = "loss") -> float:
@@ -41,14 +35,12 @@ def _final(result, split: str, metric: str = "loss") -> float:
 
 
 def _stats(values: list[float], over_finite: bool = False) -> dict[str, float]:
-    """Mean and standard error; a diverged run (non-finite value) makes the mean infinite, or with
-    ``over_finite`` (accuracies) is left out of it; either way it is counted."""
-    finite = [v for v in values if math.isfinite(v)]
-    kept = finite if over_finite else values
-    if len(finite) < len(kept) or not kept:
-        return {"mean": math.inf if kept else math.nan, "sem": 0.0, "diverged": len(values) - len(finite)}
-    sem = statistics.stdev(kept) / math.sqrt(len(kept)) if len(kept) > 1 else 0.0
-    return {"mean": statistics.fmean(kept), "sem": sem, "diverged": len(values) - len(finite)}
+    """Mean, standard deviation and standard error (:func:`l2o.compare.summarize`); a diverged run
+    makes the mean infinite, or with ``over_finite`` (accuracies) is left out of it."""
+    from l2o.compare import summarize
+
+    st = summarize(values, over_finite=over_finite)
+    return {"mean": st.mean, "std": st.std, "sem": 0.0 if math.isnan(st.sem) else st.sem, "diverged": st.diverged}
 
 
 def _curve(losses: list[list[float]], steps: int) -> dict[str, list[float]]:
@@ -62,23 +54,16 @@ def _curve(losses: list[list[float]], steps: int) -> dict[str, list[float]]:
 
 
 def tune_adam(task, steps: int, grid: list[float], tune_seeds: int, on_run=None) -> tuple[float, dict[str, float]]:
-    """Adam learning rate from ``grid`` with the lowest mean final training loss on tuning seeds.
-
-    ``on_run`` (optional) is called after each tuning run (progress bars).
-    """
+    """Adam learning rate from ``grid`` with the lowest mean final training loss on the tuning
+    seeds (:func:`l2o.compare.tune`). ``on_run`` (optional) is called after each run (progress bars)."""
+    from l2o.compare import tune
     from l2o.train import train
 
-    scores = {}
-    for lr in grid:
-        runs = []
-        for s in range(tune_seeds):
-            runs.append(train(task, lambda ps, lr=lr: torch.optim.Adam(ps, lr=lr), steps=steps, seed=TUNE_SEED_OFFSET + s))
-            if on_run is not None:
-                on_run()
-        values = [_final(r, "train") for r in runs]
-        scores[str(lr)] = statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf
-    best = min(grid, key=lambda lr: scores[str(lr)])
-    return best, scores
+    def run(lr, seed):
+        return _final(train(task, lambda ps: torch.optim.Adam(ps, lr=lr), steps=steps, seed=seed), "train")
+
+    result = tune(list(grid), run, [TUNE_SEED_OFFSET + s for s in range(tune_seeds)], key=str, on_run=on_run)
+    return result.best, result.scores
 
 
 def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, Any], budgets: list[int], seeds: int = 10,
@@ -135,7 +120,7 @@ def format_table(results: dict[str, Any]) -> str:
     columns = ["train", "test"] + (["test_accuracy"] if accuracy else [])
     header = {"train": "final train loss", "test": "final test loss", "test_accuracy": "test accuracy"}
     lines = [f"task {results['task']} {results['task_args']}  ({results['seeds']} seeds; Adam lr tuned on training loss "
-             f"over {results['tune_seeds']} other seeds)",
+             f"over {results['tune_seeds']} other seeds; ± is the standard deviation over seeds)",
              f"{'steps':>6}  {'optimizer':<16} " + " ".join(f"{header[c]:>22}" for c in columns)]
     for steps, row in results["budgets"].items():
         for label in ("learned", "adam"):
@@ -148,7 +133,9 @@ def format_table(results: dict[str, Any]) -> str:
                 if st is None:
                     cells.append("—")
                     continue
-                cells.append(f"{st['mean']:.4f} ± {st['sem']:.4f}" + (f" ({st['diverged']} div)" if st["diverged"] else ""))
+                std = st.get("std", math.nan)
+                text = f"{st['mean']:.4f}" + (f" ± {std:.4f}" if std is not None and math.isfinite(std) else "")
+                cells.append(text + (f" ({st['diverged']} div)" if st["diverged"] else ""))
             lines.append(f"{steps:>6}  {name:<16} " + " ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 
