@@ -32,6 +32,29 @@ def unrolled(thetas, x, steps):
     return total, x
 
 
+class _Box:
+    """A particle's inner state x."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+class _Toy:
+    """The estimators' Unroll over :func:`unrolled` (forward only)."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def forward(self, thetas, boxes):
+        loss, x = unrolled(thetas, torch.stack([b.x for b in boxes]), self.steps)
+        for box, value in zip(boxes, x):
+            box.x = value
+        return loss, True
+
+    def clone(self, box):
+        return _Box(box.x.clone())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=200)
