@@ -69,6 +69,8 @@ class OptimizerSpec:
     base: str = ""
     #: for ``NAME@adapt=KAPPA`` (learned optimizers): KAPPA; None: the weights' default.
     adapt: float | None = None
+    #: for learned optimizers: the weights file the name resolved to (once, in :func:`resolve`).
+    weights: str = ""
 
     @property
     def multiplier_tuned(self) -> bool:
@@ -94,13 +96,10 @@ class OptimizerSpec:
         if self.kind == "learned":
             from l2o.learned.optimizer import LearnedOptimizer
 
-            weights = self.name.split(ADAPT_SUFFIX, 1)[0]
-            weights = weights.split(":", 1)[1] if weights.startswith("learned:") else weights
             if self.adapt is not None:
                 hp["adapt"] = self.adapt
-            if _is_weights_file(weights):
-                return lambda params: LearnedOptimizer.from_file(weights, params, **hp)
-            return lambda params: LearnedOptimizer.pretrained(weights, params, **hp)
+            weights = self.weights
+            return lambda params: LearnedOptimizer.from_file(weights, params, **hp)
         cls = import_class(self.name)
         return lambda params: cls(params, **hp)
 
@@ -112,12 +111,6 @@ def _l2o_names() -> list[str]:
         return optim.available()
     except Exception:  # a broken l2o.optim must not break the baselines
         return []
-
-
-def _is_weights_file(target: str) -> bool:
-    import os
-
-    return os.path.isfile(target)
 
 
 def _learned_names() -> list[str]:
@@ -169,7 +162,7 @@ def resolve(name: str) -> OptimizerSpec:
             kappa = math.nan
         if not 0.0 <= kappa < math.inf:
             raise ValueError(f"{key!r}: the adaptation rate after {ADAPT_SUFFIX!r} must be a finite number >= 0")
-        return OptimizerSpec(key, "learned", tunable=False, adapt=kappa)
+        return OptimizerSpec(key, "learned", tunable=False, adapt=kappa, weights=base.weights)
     low = key.lower()
     if low in BUILTINS:
         return OptimizerSpec(low, "builtin", tunable=True)
@@ -183,17 +176,18 @@ def resolve(name: str) -> OptimizerSpec:
             raise ValueError(f"optimizer {low!r} is registered in l2o.optim but cannot be imported: {exc}") from exc
         return OptimizerSpec(low, "l2o", tunable=low not in SELF_TUNING)
     learned = _learned_names()
-    if key in learned or (key.startswith("learned:") and key.split(":", 1)[1] in learned):
-        return OptimizerSpec(key, "learned", tunable=False)
-    if key.startswith("learned:"):
-        target = key.split(":", 1)[1]
-        if _is_weights_file(target):
-            from l2o.learned.weights import load_rule
+    if key in learned or key.startswith("learned:"):
+        from l2o.learned.weights import load_rule, resolve_weights
 
-            load_rule(target)  # a bad file fails now, with the reason, rather than inside a worker
-            return OptimizerSpec(key, "learned", tunable=False)
-        raise ValueError(f"unknown learned optimizer {key!r}: neither a shipped name "
-                         f"({', '.join(learned) or 'none'}) nor an existing weights file")
+        target = key.split(":", 1)[1] if key.startswith("learned:") else key
+        try:
+            path = resolve_weights(target)  # a weights file or a shipped name, resolved beside the weights
+        except ValueError:
+            raise ValueError(f"unknown learned optimizer {key!r}: neither a shipped name "
+                             f"({', '.join(learned) or 'none'}) nor an existing weights file") from None
+        if key not in learned:
+            load_rule(path)  # a bad file fails now, with the reason, rather than inside a worker
+        return OptimizerSpec(key, "learned", tunable=False, weights=str(path))
     if "." in key or ":" in key:
         import_class(key)  # fail now, with the reason, rather than inside a worker
         return OptimizerSpec(key, "class", tunable=True)
