@@ -363,15 +363,19 @@ def _tune_select_rerun(plan, db_path, workers, progress, pool, optimizers, confi
 
 
 def select(store: ResultsStore, specs: list[RunSpec]) -> tuple[dict[str, Any], float]:
-    """The configuration with the lowest mean selection loss over its seeds (+inf if any failed)."""
+    """The configuration with the lowest mean selection loss over its seeds (+inf if any failed;
+    ties to the one listed first): :func:`l2o.compare.choose` over :func:`l2o.compare.mean_score`."""
+    from l2o.compare import choose, mean_score
+
     by_key = {r["run_key"]: r for r in _runs_for(store, specs)}
     losses: dict[tuple, list[float]] = defaultdict(list)
     for spec in specs:
         row = by_key.get(spec.key)
         value = row["selection_loss"] if row and row["status"] == "complete" else None
         losses[spec.hparams].append(math.inf if value is None else float(value))
-    best = min(losses, key=lambda h: (sum(losses[h]) / len(losses[h]), list(losses).index(h)))
-    return dict(best), sum(losses[best]) / len(losses[best])
+    scores = {hparams: mean_score(values) for hparams, values in losses.items()}
+    best = choose(scores)
+    return dict(best), scores[best]
 
 
 def _runs_for(store: ResultsStore, specs: list[RunSpec]) -> list[dict[str, Any]]:
