@@ -350,3 +350,18 @@ def task_noise_scale(task, params: dict[str, Tensor], inputs: Tensor, targets: T
     mean loss over the examples of ``(x, y)`` (every supervised task of l2o)."""
     return noise_scale_functional(lambda p, x, y: task.loss(p, (x, y)), params, inputs, targets,
                                   method=method, **options)
+
+
+def final_b_simple(task, params: dict[str, Tensor], max_examples: int = 2048) -> float | None:
+    """``B_simple`` (exact) of a task's parameters on (at most ``max_examples`` of) its training set,
+    for the benchmark's optional column: None where the task has no ``x_train``/``y_train``, where
+    the estimate is not finite, or where the measurement fails (a task whose loss does not allow
+    per-example gradients); never raises."""
+    x, y = getattr(task, "x_train", None), getattr(task, "y_train", None)
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.shape[0] < 2:
+        return None
+    try:
+        result = task_noise_scale(task, {k: v.detach() for k, v in params.items()}, x[:max_examples], y[:max_examples])
+    except (ValueError, RuntimeError):
+        return None
+    return result.b_simple if math.isfinite(result.b_simple) else None

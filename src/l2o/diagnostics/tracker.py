@@ -32,7 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from l2o.diagnostics.noise_scale import (
-    _check_data, _flat, exact_noise_scale, module_loss, two_batch_estimate)
+    _check_data, exact_noise_scale, module_loss, two_batch_estimate)
+
+
+def _sq_norm(tensors) -> float:
+    """Σ |t|² over the tensors that are not None, summed in float64 (one read per tensor)."""
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return 0.0
+    return float(torch.stack([n.double() for n in torch._foreach_norm(present)]).square().sum())
 
 
 class NoiseScaleTracker:
@@ -82,21 +90,19 @@ class NoiseScaleTracker:
         return [(k, p) for k, p in self.model.named_parameters() if p.requires_grad]
 
     def _measure_two_batch(self, inputs: Tensor, targets: Tensor) -> tuple[float, float]:
-        params = self._params()
-        grads = [p.grad for _, p in params]
+        params = [p for _, p in self._params()]
+        grads = [p.grad for p in params]
         if all(g is None for g in grads):
             raise ValueError("method='two_batch' reads the batch's gradients from p.grad: call update() after "
                              "loss.backward() and before optimizer.step() / zero_grad()")
         big = int(inputs.shape[0])
         small = big // 2
-        g_big = _flat(tuple(torch.zeros_like(p) if g is None else g for (_, p), g in zip(params, grads)))
         with torch.enable_grad():
             loss = self.loss_fn(self.model(inputs[:small]), targets[:small])
             if not isinstance(loss, Tensor) or loss.dim() != 0:
                 raise ValueError("the loss must be a scalar, the mean over the batch (reduction='mean')")
-            half = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
-        g_small = _flat(tuple(torch.zeros_like(p) if g is None else g for (_, p), g in zip(params, half)))
-        return two_batch_estimate(float(g_small @ g_small), float(g_big @ g_big), small, big)
+            half = torch.autograd.grad(loss, params, allow_unused=True)
+        return two_batch_estimate(_sq_norm(half), _sq_norm(grads), small, big)
 
     def update(self, inputs: Tensor, targets: Tensor, step: int | None = None) -> float | None:
         """Call once per training step with that step's batch. On a measuring step, return the
