@@ -35,6 +35,23 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"l2o: error: {message}", file=sys.stderr)
         return 2
+    except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as exc:
+        # An output path that is a file where a directory is expected (or the reverse), or that
+        # may not be written: one line naming the path, not a traceback.
+        print(f"l2o: error: {_path_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def _path_error(exc: OSError) -> str:
+    # os.replace (atomic writes) names the temporary file first and the target second
+    path = exc.filename2 or exc.filename or "?"
+    if isinstance(exc, IsADirectoryError):
+        return f"{path} is a directory; a file was expected there"
+    if isinstance(exc, NotADirectoryError):
+        return f"{path}: part of this path is a file; a directory was expected there"
+    if isinstance(exc, FileExistsError):
+        return f"{path} already exists (as a file?); a directory was expected there"
+    return f"{path}: permission denied ({exc.strerror or exc})"
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def test_kill_a_worker_then_resume(tmp_path, monkeypatch, capsys):
 
     monkeypatch.delenv(KILL_ENV)
     assert main([*ARGS, "--workers", "1", "--db", db]) == 0
-    assert f"{len(before)} already stored" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"tune: {12 - len(before)} runs done (" in out
+    assert f"failed); {len(before)} already in {db} from an earlier run of this sweep" in out
     with ResultsStore(db) as store:
         runs = store.runs()
         # 2 tasks x 3 learning rates x 2 tuning seeds, + seed 2 of the chosen rate per task

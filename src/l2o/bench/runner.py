@@ -51,6 +51,7 @@ class RunSpec:
     seed: int
     steps: int
     eval_every: int | None
+    noise_scale: bool = False  # also measure B_simple at the end (curve "b_simple"; not part of the key)
 
     @property
     def hparams_dict(self) -> dict[str, Any]:
@@ -114,6 +115,12 @@ def execute(spec: RunSpec) -> tuple[dict[str, Any], dict[str, tuple[list, list]]
     if not result.diverged:
         record["selection_loss"], record["selection_split"] = _selection_loss(task, captured.get("params"), result)
     curves = {"train_loss": (list(range(result.steps_done)), result.losses)}
+    if spec.noise_scale and not result.diverged and captured.get("params") is not None:
+        from l2o.diagnostics import final_b_simple
+
+        b_simple = final_b_simple(task, captured["params"])
+        if b_simple is not None:
+            curves["b_simple"] = ([result.steps_done], [b_simple])
     if result.eval_steps:
         curves["test_loss"] = (result.eval_steps, [e["loss"] for e in result.eval_curve])
         if "accuracy" in result.eval_curve[0]:
@@ -160,6 +167,11 @@ class SweepCounts:
     failed: int = 0
     diverged: int = 0
     errors: list[str] = field(default_factory=list)
+    #: keys of the runs skipped because they were finished already (see :func:`run_benchmark`)
+    skipped_keys: set = field(default_factory=set)
+    #: of those: finished by this sweep's tuning phase (reused), and before this sweep started
+    reused_from_tuning: int = 0
+    stored_before: int = 0
 
 
 class WorkerCrashed(RuntimeError):
@@ -181,18 +193,36 @@ def _mp_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)  # takes effect when the server starts (once per process)
+    # takes effect when the server starts (once per process); the guard makes the server exit with its driver
+    context.set_forkserver_preload([*_PRELOAD, "l2o.bench._forkserver_guard"])
     return context
 
 
-def open_pool(db_path: str, workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` processes, each with its own connection to the store.
+def open_pool(db_path: str, workers: int):
+    """A pool of ``workers`` processes (:class:`l2o.bench.executors.ProcessExecutor`), each with its
+    own connection to the store.
 
     The fault-injection setting (:data:`KILL_ENV`) is read here, in this process, and passed to
     the workers (forked workers do not see later changes of this process's environment).
     """
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_init_worker,
-                               initargs=(db_path, os.environ.get(KILL_ENV) or None))
+    from l2o.bench.executors import ProcessExecutor
+
+    return ProcessExecutor(workers, _mp_context(), _init_worker, (db_path, os.environ.get(KILL_ENV) or None),
+                           _run_and_store)
+
+
+def open_executor(db_path: str, workers: int, executor: str = "process", ray_address: str | None = None):
+    """The executor of a sweep: None (runs in this process) for one local worker, a process pool
+    (:func:`open_pool`) for several, or a :class:`l2o.bench.executors.RayExecutor`."""
+    from l2o.bench.executors import EXECUTORS, RayExecutor
+
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "ray":
+        return RayExecutor(db_path, address=ray_address, workers=workers)
+    if ray_address:
+        raise ValueError("--ray-address applies to --executor ray only")
+    return open_pool(db_path, workers) if workers > 1 else None
 
 
 def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = "runs",
@@ -219,7 +249,8 @@ def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = 
     counts.skipped = len(unique) - len(todo)
     if not todo:
         return counts
-    bar = tqdm(total=len(todo), desc=f"{desc} ({counts.skipped} already stored)" if counts.skipped else desc,
+    counts.skipped_keys = set(unique) - {s.key for s in todo}
+    bar = tqdm(total=len(todo), desc=f"{desc} ({counts.skipped} done earlier, reused)" if counts.skipped else desc,
                unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     bar.set_postfix(running=min(max(workers, 1), len(todo)), failed=0, diverged=0, refresh=False)
 
@@ -231,7 +262,7 @@ def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = 
         bar.set_postfix(running=running, failed=counts.failed, diverged=counts.diverged, refresh=False)
 
     try:
-        if workers <= 1:
+        if pool is None and workers <= 1:
             _init_worker(db_path, os.environ.get(KILL_ENV) or None)
             for spec in todo:
                 bar.set_postfix(running=1, failed=counts.failed, diverged=counts.diverged, refresh=False)
@@ -239,23 +270,23 @@ def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = 
             return counts
         own_pool = pool is None
         pool = open_pool(db_path, workers) if own_pool else pool
+        aborted = True
         try:
-            pending = {pool.submit(_run_and_store, spec) for spec in todo}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    try:
-                        status = future.result()
-                    except Exception as exc:
-                        for other in pending:
-                            other.cancel()
-                        raise WorkerCrashed(
-                            f"a worker process died ({type(exc).__name__}: {exc}); {counts.done} runs of this "
-                            f"phase were stored. Run the same command again to resume.") from exc
-                    tally(status, running=min(workers, len(pending)))
+            statuses = pool.results(todo)
+            while True:
+                try:
+                    status = next(statuses)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    raise WorkerCrashed(
+                        f"a worker process died ({type(exc).__name__}: {exc}); {counts.done} runs of this "
+                        f"phase were stored. Run the same command again to resume.") from exc
+                tally(status, running=pool.running)
+            aborted = False
         finally:
             if own_pool:
-                pool.shutdown(cancel_futures=True)
+                pool.close(abort=aborted)
     finally:
         bar.close()
     return counts
@@ -273,6 +304,7 @@ class Plan:
     protocol: str = "quick"
     tune_seeds: int = 1
     seeds: int = 10
+    noise_scale: bool = False  # measure B_simple at the end of every run (l2o.diagnostics)
 
     def __post_init__(self):
         if self.tune_seeds < 1:
@@ -313,8 +345,13 @@ def _check_configs(spec: OptimizerSpec, configs: list[dict[str, Any]]) -> None:
             raise ValueError(f"optimizer {spec.name!r} rejects hyperparameters {config}: {exc}") from exc
 
 
-def run_benchmark(plan: Plan, db_path: str, workers: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Tune, select and rerun every (task, optimizer) of ``plan``; everything lands in ``db_path``."""
+def run_benchmark(plan: Plan, db_path: str, workers: int = 1, progress: bool = True, executor: str = "process",
+                  ray_address: str | None = None) -> dict[str, Any]:
+    """Tune, select and rerun every (task, optimizer) of ``plan``; everything lands in ``db_path``.
+
+    ``executor``: "process" (``workers`` local processes; 1: this process) or "ray" (each run a Ray
+    task on the cluster at ``ray_address``, or on a local Ray instance of ``workers`` CPUs).
+    """
     presets = {t: get_preset(t) for t in plan.tasks}
     optimizers = [resolve(name) for name in plan.optimizers]
     configs = {}
@@ -329,18 +366,26 @@ def run_benchmark(plan: Plan, db_path: str, workers: int = 1, progress: bool = T
     def make(task_id, spec, config, seed):
         preset = presets[task_id]
         return RunSpec(task_id, preset, spec, _freeze(config), seed, task_steps[task_id], preset.eval_every or
-                       max(1, task_steps[task_id] // 50))
+                       max(1, task_steps[task_id] // 50), noise_scale=plan.noise_scale)
 
     tune_seeds = list(range(plan.tune_seeds))
     tune = [make(t, o, c, s) for t in plan.tasks for o in optimizers if configs[o.name][1]
             for c in configs[o.name][0] for s in tune_seeds]
-    pool = open_pool(db_path, workers) if workers > 1 else None
+    with ResultsStore(db_path) as store:
+        stored_before = store.finished_keys()
+    pool = open_executor(db_path, workers, executor, ray_address)
+    aborted = True
     try:
-        return _tune_select_rerun(plan, db_path, workers, progress, pool, optimizers, configs, task_steps, tune,
-                                  make, final_seeds=list(range(plan.seeds)), tune_seeds=tune_seeds)
+        totals = _tune_select_rerun(plan, db_path, workers, progress, pool, optimizers, configs, task_steps, tune,
+                                    make, final_seeds=list(range(plan.seeds)), tune_seeds=tune_seeds)
+        aborted = False
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            pool.close(abort=aborted)  # stopped (Ctrl-C, SIGTERM, a dead worker): the workers are killed
+    for counts in totals.values():  # what "skipped" was: this sweep's own tuning runs, or earlier work
+        counts.stored_before = len(counts.skipped_keys & stored_before)
+        counts.reused_from_tuning = counts.skipped - counts.stored_before
+    return totals
 
 
 def _tune_select_rerun(plan, db_path, workers, progress, pool, optimizers, configs, task_steps, tune, make,

@@ -29,15 +29,31 @@ def register(subparsers) -> None:
                           "per-tensor step-size adaptation on (default: the suite's)")
     run.add_argument("--grid", action="append", default=[], metavar="SPEC",
                      help="a hyperparameter grid, e.g. 'adam:lr=logspace(1e-5,1e2,36);betas=[(0.9,0.999)]' "
-                          "(repeatable; replaces the default learning-rate grid of that optimizer)")
-    run.add_argument("--grid-file", default=None, help="grids from a .toml or .yaml file (a table per optimizer)")
+                          "(repeatable; replaces the default learning-rate grid of that optimizer, which must be "
+                          "one of the optimizers run: a grid for any other is refused, it adds no optimizer)")
+    run.add_argument("--grid-file", default=None,
+                     help="grids from a .toml or .yaml file (a table per optimizer); tables of optimizers that "
+                          "are not run are left unused, and named on stderr")
     run.add_argument("--protocol", default=None, choices=["smoke", "quick", "deepobs"],
                      help="default learning-rate grid: smoke (4 values), quick (11, 1e-4..10), "
                           "deepobs (36, 1e-5..1e2)")
-    run.add_argument("--tune-seeds", type=int, default=None, help="seeds per tuning trial")
-    run.add_argument("--seeds", type=int, default=None, help="seeds for the rerun of the chosen setting")
-    run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    run.add_argument("--db", default="l2o_bench.sqlite", help="results file (SQLite)")
+    run.add_argument("--tune-seeds", type=int, default=None, help="seeds per tuning trial (>= 1; default: the suite's)")
+    run.add_argument("--seeds", type=int, default=None,
+                     help="seeds for the rerun of the chosen setting (>= 1; default: the suite's)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="worker processes (default 1); with --executor ray and no --ray-address, the CPUs of the "
+                          "local Ray instance")
+    run.add_argument("--executor", choices=["process", "ray"], default="process",
+                     help="process: local worker processes (default); ray: each run a Ray task (pip install "
+                          "'l2o[ray]'), the results file written by this process alone")
+    run.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="with --executor ray: the cluster to join (e.g. 10.0.0.1:6379, or auto); "
+                          "default: start a local Ray instance and shut it down at the end")
+    run.add_argument("--db", default="l2o_bench.sqlite",
+                     help="results file (SQLite; created if missing, in a directory that must exist)")
+    run.add_argument("--noise-scale", action="store_true",
+                     help="also measure the gradient noise scale B_simple at the end of every run (tasks with a "
+                          "training set; a column of the report)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)
 
@@ -71,6 +87,13 @@ def _run(args) -> int:
     torch.set_num_threads(1)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    for flag in ("seeds", "tune_seeds"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.ray_address and args.executor != "ray":
+        raise ValueError("--ray-address applies to --executor ray only")
+    _check_db_path(args.db)
     if args.suite is None and args.tasks is None:
         raise ValueError("give --suite NAME or --tasks id,id,... (see 'l2o bench list')")
     suite = get_suite(args.suite) if args.suite else None
@@ -79,34 +102,106 @@ def _run(args) -> int:
         get_preset(task_id)
     optimizers = _split(args.optimizers) or list(suite.optimizers if suite else ("sgd", "momentum", "adam"))
     grid_map = grids.load_grid_file(args.grid_file) if args.grid_file else {}
+    unused = sorted(name for name in grid_map if name not in optimizers)
+    if unused:
+        print(f"l2o bench: grid file {args.grid_file}: no grid used for {', '.join(unused)} (not among the "
+              f"optimizers run: {', '.join(optimizers)})", file=sys.stderr)
+        grid_map = {name: grid for name, grid in grid_map.items() if name in optimizers}
     for spec in args.grid:
         name, grid = grids.parse_grid_spec(spec)
-        grid_map[name] = grid
-    for name in grid_map:
         if name not in optimizers:
-            optimizers.append(name)
+            raise ValueError(f"--grid gives a grid for {name!r}, which is not among the optimizers run "
+                             f"({', '.join(optimizers)}): add it to --optimizers, or drop the grid")
+        grid_map[name] = grid
     for name in optimizers:  # unknown names fail here, before the plan is announced
         resolve_optimizer(name)
     plan = Plan(tasks=tasks, optimizers=optimizers, grids=grid_map,
                 protocol=args.protocol or (suite.protocol if suite else "quick"),
-                tune_seeds=args.tune_seeds or (suite.tune_seeds if suite else 1),
-                seeds=args.seeds or (suite.seeds if suite else 10))
+                tune_seeds=args.tune_seeds if args.tune_seeds is not None else (suite.tune_seeds if suite else 1),
+                seeds=args.seeds if args.seeds is not None else (suite.seeds if suite else 10),
+                noise_scale=args.noise_scale)
+    where = f"Ray ({args.ray_address or 'local instance'})" if args.executor == "ray" else \
+        f"{args.workers} worker process{'es' if args.workers != 1 else ''}"
     print(f"l2o bench: {len(plan.tasks)} tasks x {len(plan.optimizers)} optimizers, protocol {plan.protocol}, "
-          f"{plan.tune_seeds} tuning seed(s), {plan.seeds} final seeds -> {args.db}", file=sys.stderr)
+          f"{plan.tune_seeds} tuning seed(s), {plan.seeds} final seeds, {where} -> {args.db}", file=sys.stderr)
     try:
-        totals = run_benchmark(plan, args.db, workers=args.workers, progress=not args.no_progress)
+        with _sigterm_stops():
+            totals = run_benchmark(plan, args.db, workers=args.workers, progress=not args.no_progress,
+                                   executor=args.executor, ray_address=args.ray_address)
     except WorkerCrashed as exc:
         print(f"l2o: error: {exc}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _sigterm_stops)
+        what = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        stored = _stored_runs(args.db)
+        print(f"l2o bench: stopped by {what}; {stored} finished runs are stored in {args.db} (runs in flight "
+              f"are lost). To resume, run the same command again: finished runs are kept, the rest run.",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     for phase, c in totals.items():
-        print(f"{phase}: {c.done} run{'s' if c.done != 1 else ''} done ({c.diverged} diverged, {c.failed} failed), "
-              f"{c.skipped} already stored")
+        reused = []
+        if c.reused_from_tuning:
+            reused.append(f"{c.reused_from_tuning} reused from this sweep's tuning runs (the chosen setting's "
+                          "tuning seeds)")
+        if c.stored_before:
+            reused.append(f"{c.stored_before} already in {args.db} from an earlier run of this sweep")
+        print(f"{phase}: {c.done} run{'s' if c.done != 1 else ''} done ({c.diverged} diverged, {c.failed} failed)"
+              + (f"; {'; '.join(reused)}" if reused else ""))
     failed = sum(c.failed for c in totals.values())
     if failed:
         print(f"{failed} run(s) failed (an exception, recorded with its message in the results file); "
               "running the same command again retries them")
     print(f"results: {args.db}\nnext: l2o bench report --db {args.db} --out bench_report")
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``): stops a sweep exactly as Ctrl-C does."""
+
+
+class _sigterm_stops:
+    """While active, SIGTERM raises :class:`Terminated` in the main thread (the default action would
+    end the process without stopping its workers)."""
+
+    def __enter__(self):
+        import signal
+
+        def handler(signum, frame):
+            raise Terminated()
+
+        try:
+            self._old = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: leave SIGTERM alone
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def _check_db_path(db: str) -> None:
+    from pathlib import Path
+
+    path = Path(db)
+    if path.is_dir():
+        raise ValueError(f"--db {db} is a directory; give a results file, e.g. {path / 'results.sqlite'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"--db {db}: directory {path.parent} does not exist (create it first: "
+                         f"mkdir -p {path.parent})")
+
+
+def _stored_runs(db: str) -> int:
+    from l2o.bench.store import ResultsStore
+
+    try:
+        with ResultsStore(db) as store:
+            return len(store.finished_keys())
+    except Exception:
+        return 0
 
 
 def _report(args) -> int:
