@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,11 @@ def collect(store: ResultsStore) -> dict[str, Any]:
                 if canonical_json(r["hparams"]) == hp and r["seed"] in sel["final_seeds"] and r["steps"] == sel["steps"]]
         finished = [r for r in rows if r["status"] in ("complete", "diverged")]
         complete = [r for r in rows if r["status"] == "complete"]
-        train_curves, plot_curves, test_curves = [], [], []
+        train_curves, plot_curves, test_curves, b_simple = [], [], [], []
         for r in complete:
             curves = store.curves(r["id"])
+            if "b_simple" in curves:  # l2o bench run --noise-scale
+                b_simple.append(float(curves["b_simple"][1][-1]))
             train_curves.append(metrics.smooth(curves["train_loss"][1], smooth_window(sel["steps"])))
             plot_curves.append(metrics.smooth(curves["train_loss"][1], MIN_SMOOTH_WINDOW))
             if "test_loss" in curves:
@@ -124,6 +127,7 @@ def collect(store: ResultsStore) -> dict[str, Any]:
                                  if r["steps"] == sel["steps"] and r["status"] == "complete"
                                  and r["seconds_per_step"]],
             "train_curves": train_curves, "plot_curves": plot_curves, "test_curves": test_curves,
+            "b_simple": b_simple,
             "tuning": [(r["hparams"], r["seed"], r["selection_loss"] if r["status"] == "complete" else None)
                        for r in tune_rows],
             "steps": sel["steps"],
@@ -190,10 +194,11 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
         metric = task_metric[task]
         first = next(iter(per_opt.values()))
         extra = " test loss |" if metric == "test_accuracy" else ""
+        noise = any(s["b_simple"] for s in per_opt.values())  # B_simple column: l2o bench run --noise-scale
         lines += [f"## {task}", "", f"Budget {first['steps']} steps; reported metric: {metric.replace('_', ' ')}.", "",
                   f"| optimizer | hyperparameters | {metric.replace('_', ' ')} |{extra} diverged | steps to target "
-                  "| speedup vs Adam | time/step ÷ SGD |",
-                  "|---|---|---|---|---|---|---|" + ("---|" if extra else "")]
+                  "| speedup vs Adam | time/step ÷ SGD |" + (" B_simple at the end (median) |" if noise else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|" if extra else "") + ("---|" if noise else "")]
         summary_json[task] = {"metric": metric, "steps": first["steps"], "optimizers": {}}
         for opt, s in sorted(per_opt.items()):
             d = derived[task][opt]
@@ -210,7 +215,8 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
             loss_text = f" {_fmt(*s['test_loss'][:2])} |" if extra else ""
             lines.append(f"| {opt} | {hp} | {_fmt(*headline[:2])} |{loss_text} "
                          f"{s['n_diverged']}/{s['n_seeds']}{failed_text} | "
-                         f"{stt_text} | {sp_text} | {'—' if not math.isfinite(tr) else f'{tr:.2f}'} |")
+                         f"{stt_text} | {sp_text} | {'—' if not math.isfinite(tr) else f'{tr:.2f}'} |"
+                         + ((f" {statistics.median(s['b_simple']):.4g} |" if s["b_simple"] else " — |") if noise else ""))
             summary_json[task]["optimizers"][opt] = {
                 "hparams": sel["hparams"], "tuned": sel["tuned"], "n_configs": sel["n_configs"], "grid_edges": edges,
                 "selection_loss": sel["selection_loss"],
@@ -221,6 +227,7 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
                 "reached_target": d["reached_target"],
                 "speedup_vs_adam": None if sp is None else sp[0], "speedup_is_lower_bound": None if sp is None else sp[1],
                 "time_per_step_vs_sgd": tr,
+                "b_simple_median": statistics.median(s["b_simple"]) if s["b_simple"] else None,
             }
         lines.append("")
     lines += ["## Figures", "", "![training loss](curves_train.png)", "", "![test loss](curves_test.png)", "",
