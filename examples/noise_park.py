@@ -132,9 +132,14 @@ def plot(results: dict, path: Path) -> None:
     widths = [int(w) for w in results["by_width"]]
     opt = [results["by_width"][str(w)]["g_hat_opt"] for w in widths]
     ax2.plot(widths, opt, "*-", ms=12, color="k", label="ĝ_opt (best ε and B)")
-    for lr in results["lrs"]:
-        ax2.plot(widths, [results["by_width"][str(w)]["per_lr"][str(lr)]["g_hat"] for w in widths], marker=markers[lr],
-                 ls="--", alpha=0.7, label=f"best B at ε = {lr:g}")
+    for lr in results["lrs"]:  # only where that learning rate trained at all (best accuracy above 0.5)
+        pts = [(w, results["by_width"][str(w)]["per_lr"][str(lr)]) for w in widths]
+        pts = [(w, p) for w, p in pts if p["accuracy"] > 0.5]
+        ax2.plot([w for w, _ in pts], [p["g_hat"] for _, p in pts], marker=markers[lr], ls="--", alpha=0.7,
+                 label=f"best B at ε = {lr:g} (hollow: B at the grid's edge)")
+        edge = [(w, p) for w, p in pts if p["at_edge"]]
+        ax2.plot([w for w, _ in edge], [p["g_hat"] for _, p in edge], marker=markers[lr], ls="none", ms=11,
+                 mfc="none", mec="k")
     ax2.plot(widths, [opt[0] * w / widths[0] for w in widths], ":", color="gray", label="∝ width (from the narrowest)")
     ax2.set_xscale("log", base=2)
     ax2.set_yscale("log")
