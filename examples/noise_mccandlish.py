@@ -186,13 +186,12 @@ def plot(results: dict, path: Path) -> None:
     ax2.set_title("the trade-off, batch by batch")
     ax2.legend(fontsize=8)
     tr = results["b_simple_trace"]
-    ax3.plot([t["train_loss"] for t in tr], [t["b_simple"] for t in tr], "o-", ms=3, color="C0",
+    ax3.plot([t["step"] + 1 for t in tr], [t["b_simple"] for t in tr], "o-", ms=3, color="C0",
              label=f"B_simple (exact) along the B = {s['b_simple_measured_at_batch']} run")
     ax3.axhline(s["b_crit_fit"], color="C1", ls="--", label=f"fitted B_crit = {s['b_crit_fit']:.0f}")
     ax3.set_xscale("log")
     ax3.set_yscale("log")
-    ax3.invert_xaxis()
-    ax3.set_xlabel("training loss (falls to the right)")
+    ax3.set_xlabel(f"step + 1 (the last point: training loss ≤ {results['target_train_loss']})")
     ax3.set_ylabel("batch size")
     ax3.set_title("measured noise scale against the fit")
     ax3.legend(fontsize=8)

@@ -131,7 +131,8 @@ def _check_mean(batch_grad: Tensor, mean_of_examples: Tensor, batch: int) -> Non
         raise ValueError(
             f"the loss's gradient on a batch of {batch} is not the mean of its per-example gradients (relative "
             f"mismatch {mismatch:.2g}){hint}. The loss must be the mean over independent examples (no sum, no "
-            "batch normalization in training mode, no term that couples examples)")
+            "batch normalization in training mode, no term that couples examples) and deterministic (no dropout: "
+            "use model.eval())")
 
 
 def exact_noise_scale(loss_of: LossOf, params: dict[str, Tensor], inputs: Tensor, targets: Tensor, *,
