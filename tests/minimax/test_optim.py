@@ -252,3 +252,18 @@ def test_mode_coverage_metric():
     assert one["modes_covered"] == 1 and one["high_quality"] == 1.0
     none = game.mode_coverage(torch.full((300, 1), 2.0))
     assert none["modes_covered"] == 0 and none["high_quality"] == 0.0
+
+
+def test_alternating_ftr_takes_y_gradient_at_the_updated_point():
+    (A, B, C, a, c), x, y, f = _quadratic(seed=2)
+    lr = 0.1
+    x0, y0 = x.detach().clone(), y.detach().clone()
+    gx = A @ x0 + B @ y0 + a
+    u = -torch.linalg.solve(C, B.T @ (lr * gx))
+    x1, y_half = x0 - lr * gx, y0 + u
+    gy_new = B.T @ x1 - C @ y_half + c
+    opt = FollowTheRidge([x], [y], lr_x=lr, lr_y=lr, solver="exact", damping=0.0, alternating=True)
+    opt.step(f)
+    torch.testing.assert_close(x.detach(), x1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y.detach(), y_half + lr * gy_new, rtol=1e-9, atol=1e-9)
+    assert opt.last_step["closure_calls"] == 2

@@ -239,8 +239,10 @@ class MixtureGAN(Game):
         batch_size: data points and latent draws per step.
         n_data: the fixed data set's size (paper: 5000), drawn once from ``data_seed``.
         weight_decay: on the discriminator (paper: 1e-4), which keeps H_yy non-singular.
-        fixed_batch: draw one batch (data points and latents) from the seed and play on it at
-            every step: a deterministic game whose local minimax points have zero gradients.
+        fixed_batch: draw one batch (data points and latents) from ``data_seed`` and play on it
+            at every step: a deterministic game whose local minimax points have zero gradients
+            (its gradient norms are then measured on that batch; mode coverage always on 2000
+            fresh latents).
     """
 
     steps = 2000
@@ -265,6 +267,9 @@ class MixtureGAN(Game):
         which = torch.randint(0, len(self.centres), (n_data,), generator=g)
         self.data = self.centres[which] + std * torch.randn(n_data, self.dim, generator=g)
         self._eval = (self.data[:min(n_data, 2000)], torch.randn(min(n_data, 2000), z_dim, generator=g))
+        if self.fixed_batch:
+            idx = torch.randint(0, n_data, (batch_size,), generator=g)
+            self._fixed = (self.data[idx], torch.randn(batch_size, z_dim, generator=g))
 
     def init_params(self, generator: torch.Generator) -> tuple[Params, Params]:
         return _xavier_mlp(self.g_sizes, generator, "g"), _xavier_mlp(self.d_sizes, generator, "d")
@@ -277,16 +282,15 @@ class MixtureGAN(Game):
 
     def batches(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         if self.fixed_batch:
-            idx = torch.randint(0, self.n_data, (self.batch_size,), generator=generator)
-            batch = self.data[idx], torch.randn(self.batch_size, self.z_dim, generator=generator)
             while True:
-                yield batch
+                yield self._fixed
         while True:
             idx = torch.randint(0, self.n_data, (self.batch_size,), generator=generator)
             yield self.data[idx], torch.randn(self.batch_size, self.z_dim, generator=generator)
 
     def eval_batch(self) -> tuple[Tensor, Tensor]:
-        return self._eval
+        """2000 held data points and latents (with ``fixed_batch``: the game's one batch)."""
+        return self._fixed if self.fixed_batch else self._eval
 
     def loss(self, x: Params, y: Params, batch: tuple[Tensor, Tensor] | None) -> Tensor:
         real, z = batch if batch is not None else self._eval
@@ -301,7 +305,7 @@ class MixtureGAN(Game):
         return f
 
     def evaluate(self, x: Params, y: Params) -> dict[str, float]:
-        out = game_metrics(self, x, y, self._eval)
+        out = game_metrics(self, x, y, self.eval_batch())
         with torch.no_grad():
             out.update(self.mode_coverage(self.generate(x, self._eval[1])))
         return out

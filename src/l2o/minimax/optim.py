@@ -346,12 +346,17 @@ class FollowTheRidge(TwoPlayerOptimizer):
             dropped for this step and λ doubles; if the agreement ratio is < 0.5, λ grows by
             1.1; if > 0.95, λ shrinks by 0.9 (not below 1e-8); λ never exceeds its start.
         cg_tol: stop CG early once its residual falls below this fraction of the right-hand side.
+        alternating: take y's gradient step at the updated point (x − Δx, y + u) instead of at
+            (x, y), one more closure call and backward pass; this is what the reference code's GAN
+            runs do (its GDA baseline likewise takes the discriminator's gradient after the
+            generator's step, i.e. ``GDA(alternating=True)``).
     """
 
     MAX_EXACT = 64
 
     def __init__(self, x_params, y_params, *, lr_x: float, lr_y: float, solver: str = "cg", cg_iters: int = 5,
-                 damping: float = 1e-6, adaptive_damping: bool = False, cg_tol: float = 0.0, **kwargs):
+                 damping: float = 1e-6, adaptive_damping: bool = False, cg_tol: float = 0.0,
+                 alternating: bool = False, **kwargs):
         super().__init__(x_params, y_params, lr_x=lr_x, lr_y=lr_y, **kwargs)
         if solver not in ("cg", "exact"):
             raise ValueError(f"solver must be 'cg' or 'exact', got {solver!r}")
@@ -371,15 +376,18 @@ class FollowTheRidge(TwoPlayerOptimizer):
         self.initial_damping = float(damping)
         self.damping = float(damping)
         self.adaptive_damping = bool(adaptive_damping)
+        self.alternating = bool(alternating)
 
     def _hyper(self) -> dict:
         return {"solver": self.solver, "cg_iters": self.cg_iters, "cg_tol": self.cg_tol,
-                "initial_damping": self.initial_damping, "adaptive_damping": self.adaptive_damping}
+                "initial_damping": self.initial_damping, "adaptive_damping": self.adaptive_damping,
+                "alternating": self.alternating}
 
     def _load_hyper(self, hyper: dict) -> None:
         self.solver, self.cg_iters, self.cg_tol = hyper["solver"], int(hyper["cg_iters"]), float(hyper["cg_tol"])
         self.initial_damping = float(hyper["initial_damping"])
         self.adaptive_damping = bool(hyper["adaptive_damping"])
+        self.alternating = bool(hyper.get("alternating", False))
 
     def _extra_state(self) -> dict:
         return {"damping": self.damping}
@@ -464,7 +472,7 @@ class FollowTheRidge(TwoPlayerOptimizer):
         gx, gy = self._grads(loss, create_graph=True)
         self._tick()
         dx = self._direction("x", gx)
-        dy = self._direction("y", gy)
+        dy = None if self.alternating else self._direction("y", gy)
         delta_x = [self.lr_x * d for d in dx]
         u, info = self.correction(gx, gy, delta_x)
         c = info.pop("_c")
@@ -474,8 +482,12 @@ class FollowTheRidge(TwoPlayerOptimizer):
             u = self._adapt(closure, gy, u, c)
         del gx, gy
         self._apply(self.x_params, delta_x, -1.0)
-        self._apply(self.y_params, dy, self.lr_y)
         self._apply(self.y_params, u, 1.0)
+        if self.alternating:
+            calls += 1
+            _, _, gy_new = self._loss_and_grads(closure)
+            dy = self._direction("y", gy_new)
+        self._apply(self.y_params, dy, self.lr_y)
         self._end(calls, damping=self.damping, correction_norm=_flat_norm(u), **info)
         return loss.detach()
 
