@@ -28,8 +28,14 @@ from l2o.bench import metrics
 from l2o.bench.optimizers import BUILTINS, TUNED_PREFIX
 from l2o.bench.store import ResultsStore, canonical_json
 from l2o.io import jsonable
+from l2o.plotting import save_figure
 
 MIN_SMOOTH_WINDOW = 10
+#: The baseline that the time-per-step column divides by: the first of these that ran on the task
+#: (without any of them, the column gives milliseconds per step).
+TIME_REFERENCES = ("sgd", "momentum", "nag", "rmsprop", "adam")
+#: How every table of the report states its spread.
+SPREAD = "mean ± std"
 
 
 def smooth_window(steps: int) -> int:
@@ -159,8 +165,14 @@ def _derived(task: str, per_opt: dict[str, Any]) -> dict[str, dict[str, Any]]:
             out[o]["speedup_vs_adam"] = metrics.speedup(adam_curve, float(own[-1]), s["steps"])
         else:
             out[o]["speedup_vs_adam"] = None
-        sgd = per_opt.get("sgd")
-        out[o]["time_vs_sgd"] = metrics.time_ratio(s["seconds_per_step"], sgd["seconds_per_step"]) if sgd else math.nan
+        # time per step relative to the first baseline of TIME_REFERENCES that ran (SGD where it did)
+        ref = next((r for r in TIME_REFERENCES if r in per_opt and per_opt[r]["seconds_per_step"]), None)
+        times = [v for v in s["seconds_per_step"] if v and math.isfinite(v)]
+        out[o]["seconds_per_step"] = min(times) if times else math.nan
+        out[o]["time_reference"] = ref
+        out[o]["time_ratio"] = metrics.time_ratio(s["seconds_per_step"], per_opt[ref]["seconds_per_step"]) \
+            if ref else math.nan
+        out[o]["time_vs_sgd"] = out[o]["time_ratio"] if ref == "sgd" else math.nan
     return out
 
 
@@ -171,33 +183,46 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
     with ResultsStore(db_path) as store:
         results = collect(store)
         counts = store.count()
+        selected = {(sel["task"], sel["optimizer"]) for sel in store.selections()}
+        untuned = sorted({(r["task"], r["optimizer"]) for r in store.runs()} - selected)
     if not results:
-        raise ValueError(f"results file {db_path} has no finished sweep to report (run 'l2o bench run' first)")
+        raise ValueError(f"results file {db_path} has no finished sweep to report (run 'l2o bench run' first)"
+                         + (f"; its tuning phase was stopped before any choice was made ({len(untuned)} task/optimizer "
+                            f"pairs started): run the same 'l2o bench run ... --db {db_path}' command again to "
+                            "finish it" if untuned else ""))
     task_metric = {t: _metric_of(t) for t in results}
     derived = {t: _derived(t, per_opt) for t, per_opt in results.items()}
 
     lines = [f"# {title}", "",
              f"Results file: `{db_path}` ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))} runs). "
-             "Mean ± std over the final seeds; diverged seeds are counted, not averaged. "
+             "± is the sample standard deviation over the final seeds (every table: mean ± std); diverged seeds "
+             "are counted, not averaged. "
              f"Steps to target: median over the seeds that reach the target (the median final training loss, "
              "smoothed over a trailing tenth of the budget (at least 10 steps), of the best baseline). Speedup over tuned Adam: the "
              "step from which Adam's seed-mean smoothed training loss stays below the optimizer's final "
              "seed-mean smoothed training loss (interpolated), over the optimizer's budget; Adam itself gets 1 "
              "(≥: Adam does not get there within its budget, the speedup is at least that). "
-             "Time/step ÷ SGD: seconds per step (evaluations included) of the optimizer's fastest complete run "
-             "on the task (tuning runs included) over SGD's fastest; load from other jobs only adds time. "
+             "Time/step ÷ REF: seconds per step (evaluations included) of the optimizer's fastest complete run "
+             "on the task (tuning runs included) over the fastest of the reference baseline REF (the first of "
+             f"{', '.join(TIME_REFERENCES)} that ran on the task; with none of them, milliseconds per step); "
+             "load from other jobs only adds time. "
              "Hyperparameters were chosen on validation/training loss, never on test numbers; "
              "'grid top'/'grid bottom' marks a chosen value that is the largest/smallest of its grid "
              "(the best value may lie beyond it: that row may be under-tuned).", ""]
     summary_json: dict[str, Any] = {}
+    missing: list[str] = []  # rows with fewer finished seeds than planned (an interrupted sweep)
     for task, per_opt in sorted(results.items()):
         metric = task_metric[task]
         first = next(iter(per_opt.values()))
         extra = " test loss |" if metric == "test_accuracy" else ""
         noise = any(s["b_simple"] for s in per_opt.values())  # B_simple column: l2o bench run --noise-scale
+        ref = derived[task][next(iter(per_opt))]["time_reference"]
+        time_head = f"time/step ÷ {_label(ref)}" if ref else "time/step (ms)"
+        extra = f" test loss ({SPREAD}) |" if extra else ""
         lines += [f"## {task}", "", f"Budget {first['steps']} steps; reported metric: {metric.replace('_', ' ')}.", "",
-                  f"| optimizer | hyperparameters | {metric.replace('_', ' ')} |{extra} diverged | steps to target "
-                  "| speedup vs Adam | time/step ÷ SGD |" + (" B_simple at the end (median) |" if noise else ""),
+                  f"| optimizer | hyperparameters | {metric.replace('_', ' ')} ({SPREAD}) |{extra} diverged "
+                  f"| steps to target | speedup vs Adam | {time_head} |"
+                  + (" B_simple at the end (median) |" if noise else ""),
                   "|---|---|---|---|---|---|---|" + ("---|" if extra else "") + ("---|" if noise else "")]
         summary_json[task] = {"metric": metric, "steps": first["steps"], "optimizers": {}}
         for opt, s in sorted(per_opt.items()):
@@ -211,11 +236,17 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
             stt = d["steps_to_target"]
             stt_text = "—" if stt is None else f"{stt:.0f} ({d['reached_target']})"
             tr = d["time_vs_sgd"]
+            tr_text = (f"{d['time_ratio']:.2f}" if math.isfinite(d["time_ratio"]) else "—") if d["time_reference"] \
+                else (f"{1e3 * d['seconds_per_step']:.3g}" if math.isfinite(d["seconds_per_step"]) else "—")
             failed_text = f" ({s['n_failed']} failed)" if s["n_failed"] else ""
+            incomplete = s["n_finished"] < s["n_seeds"]
+            if incomplete:
+                missing.append(f"{task} / {opt}: {s['n_finished']} of {s['n_seeds']} seeds")
             loss_text = f" {_fmt(*s['test_loss'][:2])} |" if extra else ""
-            lines.append(f"| {opt} | {hp} | {_fmt(*headline[:2])} |{loss_text} "
+            name = f"{opt} **(incomplete: {s['n_finished']}/{s['n_seeds']} seeds)**" if incomplete else opt
+            lines.append(f"| {name} | {hp} | {_fmt(*headline[:2])} |{loss_text} "
                          f"{s['n_diverged']}/{s['n_seeds']}{failed_text} | "
-                         f"{stt_text} | {sp_text} | {'—' if not math.isfinite(tr) else f'{tr:.2f}'} |"
+                         f"{stt_text} | {sp_text} | {tr_text} |"
                          + ((f" {statistics.median(s['b_simple']):.4g} |" if s["b_simple"] else " — |") if noise else ""))
             summary_json[task]["optimizers"][opt] = {
                 "hparams": sel["hparams"], "tuned": sel["tuned"], "n_configs": sel["n_configs"], "grid_edges": edges,
@@ -227,12 +258,24 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
                 "reached_target": d["reached_target"],
                 "speedup_vs_adam": None if sp is None else sp[0], "speedup_is_lower_bound": None if sp is None else sp[1],
                 "time_per_step_vs_sgd": tr,
+                "time_reference": d["time_reference"], "time_per_step_vs_reference": d["time_ratio"],
+                "seconds_per_step": d["seconds_per_step"],
+                "seeds_finished": s["n_finished"], "incomplete": incomplete,
                 "b_simple_median": statistics.median(s["b_simple"]) if s["b_simple"] else None,
             }
         lines.append("")
     lines += ["## Figures", "", "![training loss](curves_train.png)", "", "![test loss](curves_test.png)", "",
               "![learning-rate sensitivity](lr_sensitivity.png)", "", "![performance profile](performance_profile.png)",
               ""]
+    if missing or untuned:
+        warning = ["**Incomplete sweep.** "
+                   + (f"{len(missing)} row(s) have fewer finished seeds than planned, so their numbers rest on "
+                      f"those seeds alone: {'; '.join(missing)}. " if missing else "")
+                   + (f"Tuning did not finish for {', '.join(f'{t} / {o}' for t, o in untuned)} (no row yet). "
+                      if untuned else "")
+                   + f"To finish, run the same `l2o bench run` command again with `--db {db_path}`: the finished "
+                     "runs are kept and only the missing ones run; then report again.", ""]
+        lines[2:2] = warning
     (out / "summary.json").write_text(json.dumps(jsonable(summary_json), indent=2))
     _plot_curves(results, out, kind="train")
     _plot_curves(results, out, kind="test")
@@ -241,6 +284,10 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
     summary = out / "summary.md"
     summary.write_text("\n".join(lines))
     return summary
+
+
+def _label(name: str) -> str:
+    return {"sgd": "SGD", "nag": "NAG", "rmsprop": "RMSprop", "adam": "Adam"}.get(name, name)
 
 
 def _grid_shape(n: int) -> tuple[int, int]:
@@ -329,16 +376,37 @@ def _plot_curves(results, out: Path, kind: str) -> None:
         ax.axis("off")
     what = "Training loss" if kind == "train" else "Test loss"
     fig.suptitle(f"{what} of the tuned optimizers: mean over seeds, band 10th-90th percentile")
+    legend_rows = 0
     if handles:
+        # as many columns as the figure's width holds (about 1.7 inches per entry), more rows if needed
+        ncol = max(1, min(len(handles), 6, int(fig.get_figwidth() / 1.7)))
+        legend_rows = math.ceil(len(handles) / ncol)
         fig.legend([handles[o] for o in sorted(handles)], sorted(handles), loc="upper center",
-                   ncol=min(len(handles), 6), bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.9 / fig.get_figheight()))
-    fig.savefig(out / f"curves_{kind}.png", dpi=100)
-    plt.close(fig)
+                   ncol=ncol, bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.5 + 0.25 * legend_rows) / fig.get_figheight()))
+    save_figure(fig, out / f"curves_{kind}.png", layout=False)
     (out / f"curves_{kind}.json").write_text(json.dumps(jsonable(data)))
 
 
-def _plot_lr_sensitivity(results, out: Path) -> None:
+def y_scale(values) -> tuple[str, float | None]:
+    """("log", None) for positive values spanning more than a factor 20, ("symlog", linthresh) for
+    values that span decades but reach zero or below (linear within the decade of their median
+    magnitude), else ("linear", None)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "linear", None
+    lo, hi = min(finite), max(finite)
+    if lo > 0:
+        return ("log", None) if hi / lo > 20 else ("linear", None)
+    typical = float(np.median(np.abs(finite)))
+    spread = max(abs(lo), abs(hi))
+    if spread > 0 and spread > 30 * max(typical, 1e-12):
+        return "symlog", 10.0 ** math.floor(math.log10(max(typical, spread * 1e-8, 1e-12)))
+    return "linear", None
+
+
+def _plot_lr_sensitivity(results, out: Path) -> dict[str, str]:
+    """Writes lr_sensitivity.png and .csv; returns the y-axis scale of each task's panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -357,6 +425,7 @@ def _plot_lr_sensitivity(results, out: Path) -> None:
     rows, cols = _grid_shape(n)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
     colors = _colors({o for t in results for o in results[t]})
+    scales: dict[str, str] = {}
     for ax, task in zip(axes.flat, tasks):
         ceiling = []
         series = {}
@@ -375,8 +444,9 @@ def _plot_lr_sensitivity(results, out: Path) -> None:
             ax.set_title(task)
             continue
         lo, hi = min(ceiling), max(ceiling)
-        log_y = lo > 0 and hi / lo > 20
-        top = hi * 2 if log_y else hi + 0.1 * (hi - lo + 1e-12)
+        scale, linthresh = y_scale(ceiling)
+        log_y = scale != "linear"
+        top = hi * 2 if log_y and hi > 0 else hi + 0.1 * (hi - lo + 1e-12)
         for i, (opt, (lrs, means)) in enumerate(series.items()):
             ax.plot(lrs, means, marker="o", ls=_dash(opt), color=colors[opt], label=opt, ms=3, lw=1.2)
             bad = [lr for lr, m in zip(lrs, means) if not np.isfinite(m)]
@@ -387,8 +457,11 @@ def _plot_lr_sensitivity(results, out: Path) -> None:
             if best is not None:
                 ax.axvline(best, color=colors[opt], ls=":", lw=1)
         ax.set_xscale("log")
-        if log_y:
+        if scale == "log":
             ax.set_yscale("log")
+        elif scale == "symlog":  # losses that span decades and reach zero or below: linear near 0 only
+            ax.set_yscale("symlog", linthresh=linthresh)
+        scales[task] = scale
         ax.set_title(task)
         multipliers = any(opt.startswith(TUNED_PREFIX) for opt in series)
         ax.set_xlabel("learning rate" + (" (tuned:NAME: step multiplier)" if multipliers else ""))
@@ -398,9 +471,8 @@ def _plot_lr_sensitivity(results, out: Path) -> None:
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     fig.suptitle("Learning-rate sensitivity (x: diverged; dotted: chosen)")
-    fig.tight_layout()
-    fig.savefig(out / "lr_sensitivity.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "lr_sensitivity.png")
+    return scales
 
 
 def _plot_profile(results, task_metric, out: Path) -> None:
@@ -445,6 +517,4 @@ def _plot_profile(results, task_metric, out: Path) -> None:
     ax.set_title(f"Performance profile over {len(costs)} tasks\n(test loss; 1 − accuracy on accuracy tasks)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "performance_profile.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out / "performance_profile.png")

@@ -117,7 +117,9 @@ def _save(plt, fig, out: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    from l2o.plotting import save_figure  # every artist inside the saved canvas, nothing cut
+
+    save_figure(fig, out, dpi=100, close=False)
     plt.close(fig)
     return out
 
