@@ -138,3 +138,22 @@ def test_large_learning_rates_warn_of_chaos_or_fail_clearly():
 
 def test_layer_groups():
     assert layer_groups(["a.weight", "a.bias", "b.weight"]) == [["a.weight", "a.bias"], ["b.weight"]]
+
+
+def test_schedule_meta_learning_checkpoints_and_resumes_to_the_same_schedule(tmp_path):
+    from dataclasses import replace
+
+    from l2o.experiments.reversible import DigitsProblem, ReversibleConfig, meta_learn
+
+    config = ReversibleConfig(hidden=4, steps=4, batch_size=20, meta_iterations=3, meta_lr=0.05)
+    problem = DigitsProblem(config)
+    straight = meta_learn(problem, config, 1.0, tmp_path / "a", resume=False, progress=False)
+    (tmp_path / "b").mkdir()
+    meta_learn(problem, replace(config, meta_iterations=1), 1.0, tmp_path / "b", resume=False, progress=False)
+    with pytest.raises(ValueError, match="another configuration"):
+        meta_learn(problem, replace(config, meta_lr=0.1), 1.0, tmp_path / "b", resume=True, progress=False)
+    resumed = meta_learn(problem, config, 1.0, tmp_path / "b", resume=True, progress=False)
+    assert torch.equal(resumed["log_lr"], straight["log_lr"])
+    assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in straight["history"]]
+    assert all(h["exact_reversal"] for h in straight["history"])
+    assert not torch.equal(straight["log_lr"], torch.zeros_like(straight["log_lr"]))  # it moved from log(1) = 0

@@ -36,7 +36,7 @@ class ReversibleConfig:
     momentum: float = 0.9
     lr_grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
     meta_iterations: int = 40
-    meta_lr: float = 0.1
+    meta_lr: float = 0.04
     train_seed: int = 0
     eval_seeds: tuple[int, ...] = (101, 102, 103, 104, 105)
     n_train: int = 1000
@@ -128,7 +128,9 @@ def meta_learn(problem: DigitsProblem, config: ReversibleConfig, start_lr: float
     opt = Adam({"log_lr": log_lr}, config.meta_lr)
     history: list[dict[str, Any]] = []
     path = out_dir / "meta_checkpoint.safetensors"
-    signature = {**asdict(config), "start_lr": start_lr}
+    # what the checkpoint must agree on to be continued (more meta-iterations may be asked for)
+    signature = {**{k: v for k, v in asdict(config).items() if k not in ("meta_iterations", "eval_seeds")},
+                 "start_lr": start_lr}
     if resume and path.is_file():
         tensors, meta = load_tensors(path)
         if meta.get("signature") != jsonable(json.loads(json.dumps(signature))):
@@ -210,6 +212,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> Path:
     axes[2].plot(xs, ys, marker="o", label="constant learning rate")
     axes[2].axhline(hist[-1]["val_loss"], color=colors[1], ls="-", label="meta-learned schedule")
     axes[2].set_xscale("log", base=2)
+    axes[2].set_yscale("log")
     axes[2].set_xlabel("constant learning rate")
     axes[2].set_ylabel("validation loss after training")
     axes[2].set_title("grid of constants (training seed)")
