@@ -11,7 +11,6 @@ again resumes an interrupted experiment.
 from __future__ import annotations
 
 import shlex
-import sys
 
 
 def register(subparsers) -> None:
@@ -51,6 +50,20 @@ def _floats(text: str | None, what: str):
         raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
+def _command(args) -> str:
+    """The command line with every setting spelled out (what report.md records)."""
+    parts = ["l2o", "continual", "run", "--scenario", args.scenario, "--methods", args.methods,
+             "--tasks", str(args.tasks), "--seeds", str(args.seeds), "--tune-seeds", str(args.tune_seeds),
+             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--memory", str(args.memory)]
+    for flag, value in (("--lr", args.lr), ("--lr-grid", args.lr_grid), ("--mnist-dir", args.mnist_dir)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.scenario == "rotated-digits":
+        parts += ["--rotation-step", f"{args.rotation_step:g}"]
+    parts += ["--out", args.out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _run(args) -> int:
     import torch
 
@@ -65,7 +78,7 @@ def _run(args) -> int:
                          batch_size=args.batch_size, memory=args.memory, lr=args.lr,
                          lr_grid=_floats(args.lr_grid, "--lr-grid"), rotation_step=args.rotation_step,
                          mnist_dir=args.mnist_dir, progress=not args.no_progress,
-                         command="l2o " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                         command=_command(args))
     print(open(res["paths"]["report"], encoding="utf-8").read())
     for k, v in res["paths"].items():
         print(f"{k}: {v}")

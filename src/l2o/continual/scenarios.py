@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -77,12 +78,17 @@ class Stream:
         return self.tasks[0].classes
 
 
-def _digits(seed: int):
+@lru_cache(maxsize=1)
+def _digits_arrays():
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    x = torch.from_numpy(data.data.astype(np.float32) / 16.0)
-    y = torch.from_numpy(data.target.astype(np.int64))
+    return data.data.astype(np.float32) / 16.0, data.target.astype(np.int64)
+
+
+def _digits(seed: int):
+    xa, ya = _digits_arrays()
+    x, y = torch.from_numpy(xa.copy()), torch.from_numpy(ya.copy())
     order = torch.from_numpy(np.random.RandomState(seed).permutation(len(x)))
     n = len(x)
     n_val, n_test = int(round(0.2 * n)), int(round(0.2 * n))
