@@ -37,9 +37,9 @@ def test_f2_ftr_leaves_the_origin_which_is_not_local_minimax_while_gda_converges
 
 
 def test_f3_ftr_converges_to_the_origin_gda_does_not():
-    ftr = _run(toy("f3"), "ftr", 1000, solver="exact", damping=0.0)
+    ftr = _run(toy("f3"), "ftr", 700, solver="exact", damping=0.0)
     gda = _run(toy("f3"), "gda", 400)
-    assert ftr.final["distance"] < 1e-3
+    assert ftr.final["distance"] < 1e-2
     assert gda.final["distance"] > 1.0
 
 

@@ -52,6 +52,8 @@ class FTRConfig:
         gan_steps, gan_lr, gan_record: GAN steps, the shared step size, and the recording period.
         hidden, batch_size, fixed_batch: the GANs' MLP widths (both players), batch and whether
             one fixed batch is played at every step.
+        alternating: both GDA and FR take y's gradient after x's step (as the reference code's GAN
+            runs do for both methods).
         cg_iters, damping, adaptive_damping: FR's solver on the GANs (paper: 5, 1.0, adaptive).
     """
 
@@ -61,11 +63,12 @@ class FTRConfig:
     games: tuple[str, ...] = ("mog1d", "ring8")
     seeds: int = 3
     gan_steps: int = 2000
-    gan_lr: float = 2e-3
+    gan_lr: float = 5e-4
     gan_record: int = 50
-    hidden: int = 32
-    batch_size: int = 256
+    hidden: int = 16
+    batch_size: int = 64
     fixed_batch: bool = True
+    alternating: bool = True
     cg_iters: int = 5
     damping: float = 1.0
     adaptive_damping: bool = True
@@ -107,7 +110,7 @@ def _gan(cfg: FTRConfig, game: str):
 
 def _run_gan(game_name: str, method: str, seed: int, cfg: FTRConfig, progress: bool) -> dict:
     game = _gan(cfg, game_name)
-    kwargs: dict[str, Any] = {"precondition": "rmsprop"}
+    kwargs: dict[str, Any] = {"precondition": "rmsprop", "alternating": cfg.alternating}
     if method == "FR":
         kwargs.update(cg_iters=cfg.cg_iters, damping=cfg.damping, adaptive_damping=cfg.adaptive_damping)
     bar = None

@@ -66,7 +66,7 @@ def play(game: Game, make_optimizer: OptimizerFactory, steps: int | None = None,
 
     record(0)
     if scalar:
-        out.trajectory.append((float(next(iter(x.values()))), float(next(iter(y.values())))))
+        out.trajectory.append((float(next(iter(x.values())).detach()), float(next(iter(y.values())).detach())))
     start = time.perf_counter()
     for t in range(1, steps + 1):
         batch = next(batches)
@@ -81,7 +81,7 @@ def play(game: Game, make_optimizer: OptimizerFactory, steps: int | None = None,
             out.diverged = True
             break
         if scalar:
-            out.trajectory.append((float(next(iter(x.values()))), float(next(iter(y.values())))))
+            out.trajectory.append((float(next(iter(x.values())).detach()), float(next(iter(y.values())).detach())))
         if t % record_every == 0 or t == steps:
             out.seconds += time.perf_counter() - start
             record(t)

@@ -106,7 +106,7 @@ class TwoPlayerOptimizer:
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise ValueError("the closure must return f(x, y) as a scalar tensor")
         if not torch.isfinite(loss):
-            raise ValueError(f"f(x, y) is not finite ({float(loss)}) at step {self.steps}")
+            raise ValueError(f"f(x, y) is not finite ({float(loss.detach())}) at step {self.steps}")
         if not loss.requires_grad:
             raise ValueError("f(x, y) does not depend on either player (no graph)")
         return loss
