@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # (l2o bench run says itself how to resume; commands with --resume continue with it)
+        hint = "; to resume, run the same command again with --resume" if hasattr(args, "resume") else ""
+        print(f"l2o: interrupted{hint}", file=sys.stderr)
         return 130
     except (ValueError, KeyError, FileNotFoundError) as exc:
         # User errors (bad names, bad grids, missing files) get one clear line, not a traceback.

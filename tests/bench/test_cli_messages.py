@@ -88,3 +88,14 @@ def test_lr_sensitivity_uses_log_axes_where_losses_span_decades():
     assert scale == "symlog" and 0.1 <= linthresh <= 1.0
     assert y_scale([0.5, 0.6, 0.9]) == ("linear", None)
     assert y_scale([-0.2, 0.1, 0.3]) == ("linear", None)
+
+
+def test_ctrl_c_in_a_resumable_command_says_how_to_resume(monkeypatch, capsys):
+    from l2o.commands import reproduce
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce, "_run", interrupted)
+    assert main(["reproduce", "l2l", "--quick"]) == 130
+    assert capsys.readouterr().err.strip() == "l2o: interrupted; to resume, run the same command again with --resume"

@@ -166,10 +166,10 @@ class RayExecutor:
             local node's cluster). None: start a local Ray instance with ``workers`` CPUs,
             shut down by :meth:`close`.
         workers: CPUs of the local instance (ignored with ``address``: the cluster's CPUs count).
-        retries: Ray retries of a task whose worker died.
+        retries: Ray retries of a task whose worker died (default :data:`RAY_RETRIES`).
     """
 
-    def __init__(self, db_path: str, address: str | None = None, workers: int = 1, retries: int = RAY_RETRIES):
+    def __init__(self, db_path: str, address: str | None = None, workers: int = 1, retries: int | None = None):
         try:
             import ray
         except ImportError as exc:
@@ -195,7 +195,8 @@ class RayExecutor:
                 raise ValueError(f"cannot reach a Ray cluster at --ray-address {address}: {exc}") from exc
             self._owns = True
         self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
-        self._remote = ray.remote(num_cpus=1, max_retries=retries)(_ray_run)
+        self.retries = RAY_RETRIES if retries is None else int(retries)
+        self._remote = ray.remote(num_cpus=1, max_retries=self.retries)(_ray_run)
         self._store = ResultsStore(db_path)
         self._pending: dict[Any, Any] = {}
         self.running = 0
@@ -213,7 +214,7 @@ class RayExecutor:
                 try:
                     record, curves = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    record, curves = _lost(spec, exc), {}
+                    record, curves = _lost(spec, exc, self.retries), {}
                 self._store.record_run(record, curves)
                 self.running = min(self.workers, len(self._pending))
                 yield record["status"]
@@ -232,10 +233,10 @@ class RayExecutor:
             ray.shutdown()
 
 
-def _lost(spec, exc: BaseException) -> dict[str, Any]:
+def _lost(spec, exc: BaseException, retries: int) -> dict[str, Any]:
     """The record of a run Ray could not finish (its worker died more than the retries allow)."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return {"run_key": spec.key, "task": spec.task, "task_config": spec.preset.config(),
             "optimizer": spec.optimizer.name, "hparams": spec.hparams_dict, "seed": spec.seed, "steps": spec.steps,
             "status": "failed", "steps_done": 0,
-            "error": f"Ray worker lost ({type(exc).__name__}, after {RAY_RETRIES} retries): {reason}"[:500]}
+            "error": f"Ray worker lost ({type(exc).__name__}, after {retries} retries): {reason}"[:500]}

@@ -247,9 +247,9 @@ def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = 
         unique.setdefault(spec.key, spec)
     todo = [s for k, s in unique.items() if k not in finished]
     counts.skipped = len(unique) - len(todo)
+    counts.skipped_keys = set(unique) - {s.key for s in todo}
     if not todo:
         return counts
-    counts.skipped_keys = set(unique) - {s.key for s in todo}
     bar = tqdm(total=len(todo), desc=f"{desc} ({counts.skipped} done earlier, reused)" if counts.skipped else desc,
                unit="run", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     bar.set_postfix(running=min(max(workers, 1), len(todo)), failed=0, diverged=0, refresh=False)
