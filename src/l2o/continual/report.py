@@ -54,7 +54,7 @@ def plot_task_curves(results: dict, path: Path) -> None:
     handles, lab = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, lab, loc="lower center", ncol=min(len(lab), 5), fontsize=8, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(f"{results['config']['scenario']}: accuracy of each task along the sequence "
-                 f"(mean of {results['config']['seeds']} seeds)", fontsize=10)
+                 f"(mean of {results['config']['seeds']} seed{'s' if results['config']['seeds'] > 1 else ''})", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     _save(fig, path)
 
@@ -81,8 +81,9 @@ def plot_heatmaps(results: dict, path: Path) -> None:
         ax.set_xticks(range(T), [str(j + 1) for j in range(T)])
         ax.set_yticks(range(T), [str(i + 1) for i in range(T)])
         ax.set_xlabel("evaluated on task j")
-        ax.set_ylabel("after training task i")
         ax.set_title(name, fontsize=10)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("after training task i")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="test accuracy R[i][j] (%)")
