@@ -164,7 +164,15 @@ def test_non_finite_meta_loss_rolls_back_and_says_so(tmp_path, monkeypatch, caps
 
 @pytest.mark.parametrize("estimator", ["es", "pes"])
 def test_evolution_strategies_estimators_train(tmp_path, estimator):
-    out = tmp_path / estimator
+    # meta-training with the estimate lowers the validation meta-loss (a sign error would raise it)
+    config = MetaConfig(estimator=estimator, outer_steps=10, batch_size=4, groups=1, unroll=5, pairs=4, sigma=0.05,
+                        meta_lr=0.03, val_every=0, val_episodes=2, val_steps=20, seed=3)
+    trainer = MetaTrainer(MLPRule(hidden=4), _family(), config, log=False)
+    before = trainer.validate()
+    trainer.train(progress_bar=False)
+    after = trainer.validate()
+    assert after < before - 0.1, (before, after)
+    out = tmp_path / estimator  # and from the command line
     assert main(["meta", "train", *TINY, "--estimator", estimator, "--pairs", "2", "--steps", "3",
                  "--curriculum", "2:2", "--val-every", "0", "--out", str(out)]) == 0
     rule = load_rule(out / "weights.safetensors")
