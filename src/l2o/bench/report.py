@@ -382,8 +382,8 @@ def _plot_curves(results, out: Path, kind: str) -> None:
         ncol = max(1, min(len(handles), 6, int(fig.get_figwidth() / 1.7)))
         legend_rows = math.ceil(len(handles) / ncol)
         fig.legend([handles[o] for o in sorted(handles)], sorted(handles), loc="upper center",
-                   ncol=ncol, bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.5 + 0.25 * legend_rows) / fig.get_figheight()))
+                   ncol=ncol, bbox_to_anchor=(0.5, 1 - 0.4 / fig.get_figheight()), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.4 + 0.25 * legend_rows) / fig.get_figheight()))
     save_figure(fig, out / f"curves_{kind}.png", layout=False)
     (out / f"curves_{kind}.json").write_text(json.dumps(jsonable(data)))
 
@@ -447,11 +447,13 @@ def _plot_lr_sensitivity(results, out: Path) -> dict[str, str]:
         scale, linthresh = y_scale(ceiling)
         log_y = scale != "linear"
         top = hi * 2 if log_y and hi > 0 else hi + 0.1 * (hi - lo + 1e-12)
+        # rows of crosses a visible step apart: 6% of the axis's decades on a log axis
+        step = max(1.35, (hi / (lo if lo > 0 else (linthresh or 1.0))) ** 0.06) if log_y and hi > 0 else 1.0
         for i, (opt, (lrs, means)) in enumerate(series.items()):
             ax.plot(lrs, means, marker="o", ls=_dash(opt), color=colors[opt], label=opt, ms=3, lw=1.2)
             bad = [lr for lr, m in zip(lrs, means) if not np.isfinite(m)]
             if bad:  # one row of crosses per optimizer, so they do not hide each other
-                height = top * 1.35 ** i if log_y else top + 0.06 * i * (hi - lo + 1e-12)
+                height = top * step ** i if log_y and hi > 0 else top + 0.06 * i * (hi - lo + 1e-12)
                 ax.plot(bad, [height] * len(bad), "x", color=colors[opt], ms=6)
             best = results[task][opt]["selection"]["hparams"].get("lr")
             if best is not None:
