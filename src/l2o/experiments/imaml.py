@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from l2o.hyper.fewshot import BatchedMLP, SinusoidFamily, digits_families
-from l2o.hyper.imaml import METHODS, InnerConfig, adapt, evaluate, graph_memory, meta_gradient, meta_train
+from l2o.hyper.imaml import (METHODS, InnerConfig, MetaTrainingDiverged, adapt, evaluate, graph_memory, meta_gradient,
+                             meta_train)
 from l2o.io import atomic_write_text, jsonable
 
 FAMILIES = ("sinusoid", "digits")
@@ -92,6 +93,10 @@ def score_tasks(model, theta, family, inner: InnerConfig, tasks: int, seed: int,
 
 
 def _interval(values: list[float]) -> dict[str, float]:
+    diverged = sum(not math.isfinite(v) for v in values)
+    if diverged:
+        return {"mean": float("nan"), "ci95": float("nan"), "n": len(values), "median": float("nan"),
+                "above_10x_median": None, "diverged": diverged}
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, n - 1))
@@ -110,9 +115,12 @@ def few_shot(family: str, config: IMAMLConfig, out_dir: Path, resume: bool, prog
     for method in METHODS:
         tuning = {}
         for inner in _settings(method, family, config):
-            theta, _ = meta_train(model, train_family, inner, steps=tune_steps, meta_batch=config.meta_batch,
-                                  meta_lr=config.meta_lr, seed=1000, progress=progress)
-            val = _interval(score_tasks(model, theta, train_family, inner, config.val_tasks, seed=2000))["mean"]
+            try:
+                theta, _ = meta_train(model, train_family, inner, steps=tune_steps, meta_batch=config.meta_batch,
+                                      meta_lr=config.meta_lr, seed=1000, progress=progress)
+                val = _interval(score_tasks(model, theta, train_family, inner, config.val_tasks, seed=2000))["mean"]
+            except MetaTrainingDiverged:
+                val = float("nan")  # recorded as diverged
             key = f"lam={inner.lam}" if method == "imaml" else f"inner_lr={inner.inner_lr}"
             tuning[key] = (val if math.isfinite(val) else None, inner)
         finite = {k: v for k, v in tuning.items() if v[0] is not None}
@@ -123,10 +131,13 @@ def few_shot(family: str, config: IMAMLConfig, out_dir: Path, resume: bool, prog
         for s in range(config.seeds):
             ckpt = out_dir / "checkpoints" / f"{family}-{method}-seed{s}.safetensors"
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            theta, history = meta_train(model, train_family, inner, steps=steps, meta_batch=config.meta_batch,
-                                        meta_lr=config.meta_lr, seed=s, checkpoint=str(ckpt), checkpoint_every=25,
-                                        resume=resume, progress=progress)
-            scores = score_tasks(model, theta, test_family, inner, config.test_tasks, seed=10_000 + s)
+            try:
+                theta, history = meta_train(model, train_family, inner, steps=steps, meta_batch=config.meta_batch,
+                                            meta_lr=config.meta_lr, seed=s, checkpoint=str(ckpt),
+                                            checkpoint_every=25, resume=resume, progress=progress)
+                scores = score_tasks(model, theta, test_family, inner, config.test_tasks, seed=10_000 + s)
+            except MetaTrainingDiverged:  # counted as a failed seed: every task scored as diverged
+                history, scores = [], [float("nan")] * config.test_tasks
             per_seed.append(sum(scores) / len(scores))
             pooled += scores
             curves.append(history)

@@ -58,6 +58,10 @@ def check_settings(lam: float | None = None, cg_steps: int | None = None, inner_
         raise ValueError(f"inner_lr must be a finite number > 0, got {inner_lr!r}")
 
 
+class MetaTrainingDiverged(ValueError):
+    """The meta-gradient stopped being finite (the inner learning rate is too large)."""
+
+
 def _bdot(a: Params, b: Params) -> Tensor:
     """Per-task inner products of two stacked vectors: ``[B]``."""
     return sum(torch.sum((a[k] * b[k]).reshape(a[k].shape[0], -1), dim=1) for k in a)
@@ -297,7 +301,7 @@ def meta_train(model: BatchedMLP, family, config: InnerConfig, *, steps: int, me
         batch = family.sample(gen, meta_batch).to(dtype)
         grads, stats = meta_gradient(model, theta, batch, config)
         if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
-            raise ValueError(f"{config.method}: the meta-gradient is not finite at step {step} "
+            raise MetaTrainingDiverged(f"{config.method}: the meta-gradient is not finite at step {step} "
                              "(inner learning rate too large?)")
         theta = opt.step(theta, grads)
         history.append(stats["query_loss"])
