@@ -228,7 +228,7 @@ def _report(command: str, cfg: FTRConfig, s: dict, plots: list[Path]) -> str:
         lines.append(f"| {m} | {_fmt(r['start'])} | {_fmt(r['final'])} |")
     for g, d in s["gans"].items():
         lines += ["", f"## GAN `{g}` ({cfg.gan_steps} steps, RMSprop-preconditioned, step size {cfg.gan_lr}, "
-                  f"{cfg.seeds} seeds)", "",
+                  f"{'alternating' if cfg.alternating else 'simultaneous'}, {cfg.seeds} seeds)", "",
                   "| method | ‖∇ₓf‖ final (geo-mean; per seed) | ‖∇ᵧf‖ final (geo-mean; per seed) | modes covered | "
                   "high-quality samples | diverged | seconds per run |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for m, r in d.items():
