@@ -213,3 +213,12 @@ def test_omniglot_loader_reads_local_pngs(tmp_path):
         load_omniglot(tmp_path / "missing")
     with pytest.raises(ValueError, match="split"):
         load_omniglot(tmp_path, "test")
+
+
+def test_a_diverging_meta_training_stops_with_a_clear_error():
+    from l2o.hyper.imaml import MetaTrainingDiverged
+
+    model = BatchedMLP([1, 10, 1], regression=True)
+    with pytest.raises(MetaTrainingDiverged, match="not finite"):
+        meta_train(model, SinusoidFamily(k_shot=5, k_query=5), InnerConfig(method="maml", inner_steps=3, inner_lr=1e6),
+                   steps=5, meta_batch=2, meta_lr=1e-2, seed=0)
