@@ -157,3 +157,20 @@ def test_schedule_meta_learning_checkpoints_and_resumes_to_the_same_schedule(tmp
     assert [h["val_loss"] for h in resumed["history"]] == [h["val_loss"] for h in straight["history"]]
     assert all(h["exact_reversal"] for h in straight["history"])
     assert not torch.equal(straight["log_lr"], torch.zeros_like(straight["log_lr"]))  # it moved from log(1) = 0
+
+
+def test_any_task_loss_works_here_an_l2o_digits_task():
+    from l2o.tasks.digits import DigitsMLP
+
+    task = DigitsMLP(hidden=3, layers=1, batch_size=16)
+    gen = torch.Generator().manual_seed(0)
+    raw = task.init_params(gen)
+    stream = task.batches(gen)
+    batches = [next(stream) for _ in range(4)]
+    hyper = Hyperparameters.constant(4, 2, lr=0.5, momentum=0.8, l2=1e-2)
+    meta = lambda p: task.loss(p, (task.x_test.double(), task.y_test))  # noqa: E731
+    rev = reversible_hypergradient(task.loss, raw, batches, hyper, meta)
+    ref = unrolled_hypergradient(task.loss, raw, batches, hyper, meta)
+    assert rev.exact_reversal
+    for key in ("lr", "momentum", "init_scale", "l2"):
+        torch.testing.assert_close(rev.grads[key], ref.grads[key], rtol=1e-6, atol=1e-9)
