@@ -28,16 +28,25 @@ def test_bad_adapt_is_refused():
 
 
 def test_adapt_zero_is_the_rule_exactly():
-    # mlp-general-v1 deploys without the adaptation: adapt=0 must step exactly as it does
-    plain, _ = _quadratic_run(0.0, 20, weights="mlp-general-v1")
-    x = torch.zeros(3, requires_grad=True)
-    opt = LearnedOptimizer.pretrained("mlp-general-v1", [x])
-    for _ in range(20):
-        opt.zero_grad()
-        (0.5 * (x - 10.0).square().sum()).backward()
-        opt.step()
-    assert torch.equal(plain, x.detach())
-    assert "log_scale" not in opt.state[x]
+    # mlp-general-v1 deploys without the adaptation: adapt=0 must step exactly as the rule itself,
+    # called with no optimizer and no wrapper around it
+    from l2o.learned.adaptation import adapted
+    from l2o.learned.weights import PRETRAINED
+
+    plain, opt = _quadratic_run(0.0, 20, weights="mlp-general-v1")
+    rule = PRETRAINED.load("mlp-general-v1")
+    x = torch.zeros(3)
+    state = rule.init_state({"x": x})
+    with torch.no_grad():
+        for _ in range(20):
+            new, state = rule.update({"x": x - 10.0}, state, {"x": x})
+            x = new["x"]
+    assert torch.equal(plain, x)
+    assert "log_scale" not in next(iter(opt.state.values()))
+    # meta-training's wrapper is the rule's own step when the rate is 0
+    g, p0 = torch.randn(4), torch.randn(4)
+    wrapped = adapted(rule, 0.0)({"x": g}, rule.init_state({"x": p0}), {"x": p0})
+    assert torch.equal(wrapped[0]["x"], rule.update({"x": g}, rule.init_state({"x": p0}), {"x": p0})[0]["x"])
 
 
 def test_log_scale_moves_by_kappa_times_the_cosine_of_gradient_and_last_step():
