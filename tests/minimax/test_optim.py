@@ -150,6 +150,7 @@ OPTIMIZER_CASES = [
     ("ogda", {"precondition": "adam"}),
     ("ftr", {"precondition": "rmsprop", "damping": 1.0, "adaptive_damping": True, "cg_iters": 3}),
     ("ftr", {"solver": "exact", "damping": 0.0}),
+    ("ftr", {"precondition": "adam", "alternating": True, "cg_iters": 2}),
 ]
 
 
