@@ -235,6 +235,10 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         for i, m in enumerate(names):
             ax.scatter([i] * len(res["methods"][m]["per_seed"]), res["methods"][m]["per_seed"], color="k", s=12,
                        zorder=3, label="seed means" if i == 0 else None)
+            ax.scatter([i], [res["methods"][m]["test"]["median"]], marker="_", s=900, color="r", zorder=4,
+                       label="median task" if i == 0 else None)
+        if family == "sinusoid":
+            ax.set_yscale("log")
         ax.set_ylabel(res["metric"])
         ax.set_title(f"{family}: meta-test tasks (mean, 95% interval)")
         ax.legend(fontsize=8)
