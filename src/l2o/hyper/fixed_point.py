@@ -12,7 +12,6 @@ buffer, instead of the 64 bits per element a stored float64 iterate costs.
 
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np

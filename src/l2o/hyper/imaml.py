@@ -281,7 +281,6 @@ def meta_train(model: BatchedMLP, family, config: InnerConfig, *, steps: int, me
     history: list[float] = []
     start = 0
     if resume and checkpoint is not None:
-        import json
         from pathlib import Path
 
         if Path(checkpoint).is_file():
@@ -292,7 +291,6 @@ def meta_train(model: BatchedMLP, family, config: InnerConfig, *, steps: int, me
             theta = {k: tensors[f"theta.{k}"] for k in theta}
             opt.load_tensors(tensors, meta["adam_t"])
             start, history = int(meta["step"]), list(meta["history"])
-            del json
     from tqdm import tqdm
 
     bar = tqdm(range(start, steps), disable=not progress, leave=False, desc=f"{config.method} seed {seed}")
