@@ -97,7 +97,11 @@ def markdown(results: dict) -> str:
              f"Command: `{results.get('command') or 'l2o continual run'}`", "",
              f"Settings: {cfg['epochs']} epochs per task, batch {cfg['batch_size']}, M = {cfg['memory']} stored "
              f"examples per task (OGD, A-GEM), evaluation seeds 0..{cfg['seeds'] - 1}, hyperparameters chosen by mean "
-             f"final validation accuracy on tuning seed(s) {1000}..{999 + cfg['tune_seeds']}.", "",
+             f"final validation accuracy on tuning seed{'s 1000..' + str(999 + cfg['tune_seeds']) if cfg['tune_seeds'] > 1 else ' 1000'}"
+             " (never on test).", "",
+             "Grids: " + "; ".join(f"{n}: " + ", ".join(f"{k} in {{{', '.join(f'{v:g}' for v in vals)}}}"
+                                                           for k, vals in m["grid"].items())
+                                   for n, m in results["methods"].items()) + ".", "",
              "Test accuracy in % (mean ± std over seeds); forgetting = mean drop from each task's best accuracy "
              "(Chaudhry et al.); BWT / FWT as in Lopez-Paz & Ranzato.", "",
              "| method | chosen | avg accuracy | forgetting | BWT | FWT | note |",
