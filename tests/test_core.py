@@ -88,3 +88,56 @@ def test_cli_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for command in ("reproduce", "meta", "bench"):
         assert command in out
+
+
+_L2O_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "src" / "l2o"
+# every public subpackage and module on disk, new ones included (minimax, continual, hyper,
+# distributed, diagnostics, ... as they appear)
+_SUBMODULES = sorted(p.name for p in _L2O_DIR.iterdir()
+                     if not p.name.startswith("_") and (p / "__init__.py").is_file()) + sorted(
+    p.stem for p in _L2O_DIR.glob("*.py") if not p.name.startswith("_"))
+
+_LAZY_PROBE = r"""
+import json, sys
+import l2o
+names = json.loads(sys.argv[1])
+report = {"eager": sorted(n for n in names if f"l2o.{n}" in sys.modules)}
+for name in names:
+    try:
+        module = getattr(l2o, name)
+        report[name] = module.__name__
+    except Exception as error:  # reported per name by the test
+        report[name] = f"{type(error).__name__}: {error}"
+try:
+    l2o.no_such_part
+except AttributeError as error:
+    report["missing"] = str(error)
+report["dir"] = dir(l2o)
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def lazy_probe():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _LAZY_PROBE, json.dumps(_SUBMODULES)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_import_l2o_imports_no_subpackage_eagerly(lazy_probe):
+    assert lazy_probe["eager"] == []
+    assert "no attribute 'no_such_part'" in lazy_probe["missing"]
+
+
+@pytest.mark.parametrize("name", _SUBMODULES)
+def test_subpackages_import_lazily_on_attribute_access(lazy_probe, name):
+    assert lazy_probe[name] == f"l2o.{name}"
+    assert name in lazy_probe["dir"]
+
+
+def test_lazy_access_covers_the_documented_parts():
+    assert {"optim", "tasks", "bench", "learned", "meta", "nn", "data"} <= set(_SUBMODULES)

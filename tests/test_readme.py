@@ -14,5 +14,7 @@ def test_readme_python_snippets_run(capsys):
         exec(compile(block, str(README), "exec"), namespace)
     printed = capsys.readouterr().out
     loss = float(printed.rsplit(":", 1)[1])
-    assert loss < 0.5  # the shipped optimizer trains the snippet's model (chance level is 2.3)
+    # The snippet is seeded (torch.manual_seed(0)) and prints 0.0010 on the 2-core AMD EPYC; the
+    # bound leaves room for other CPUs' rounding (chance level is 2.3, unseeded runs end near 0.003).
+    assert 0.0 < loss < 0.005
     assert namespace["loss"].requires_grad

@@ -13,14 +13,29 @@ The parts (see docs/ARCHITECTURE.md):
 
 __version__ = "0.1.0"
 
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+
+def _submodules() -> list[str]:
+    """The names of l2o's public subpackages and modules, found on disk (new ones included)."""
+    return sorted(info.name for info in _pkgutil.iter_modules(__path__) if not info.name.startswith("_"))
+
 
 def __getattr__(name):
-    # Lazy so that ``import l2o`` stays cheap and the CLI starts fast.
+    # Lazy so that ``import l2o`` stays cheap and the CLI starts fast: ``l2o.optim`` (or any other
+    # subpackage or module) is imported on first attribute access, as ``torch`` does for ``torch.optim``.
     if name == "LearnedOptimizer":
         from l2o.learned import LearnedOptimizer
 
         return LearnedOptimizer
+    if not name.startswith("_") and name in _submodules():
+        return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'l2o' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), "LearnedOptimizer", *_submodules()})
 
 
 __all__ = ["LearnedOptimizer", "__version__"]

@@ -26,6 +26,46 @@ def test_quadratic_deep_construction():
     assert task.evaluate(params, "test")["loss"] == pytest.approx(expected, rel=1e-4)
 
 
+def _deepobs_hessian_transcribed() -> np.ndarray:
+    """DeepOBS's quadratic_deep Hessian, transcribed independently of l2o.tasks.deepobs from
+    DeepOBS's definition: one RandomState(42) stream draws the 90 + 10 eigenvalues first, then the
+    rotation (subgroup algorithm: an angle for SO(2), then for each d = 2..99 a Gaussian vector of
+    size d + 1 and the reflection through e1 - v applied to the rotation embedded one dimension up);
+    the rotation is negated and Q = R^T diag(lambda) R."""
+    rng = np.random.RandomState(42)
+    lam = np.concatenate((rng.uniform(0.0, 1.0, 90), rng.uniform(30.0, 60.0, 10)))
+    angle = 2 * np.pi * rng.uniform()
+    rotation = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
+    for d in range(2, 100):
+        v = rng.normal(size=(d + 1, 1))
+        v /= np.linalg.norm(v)
+        u = -v
+        u[0, 0] += 1.0
+        u /= np.linalg.norm(u)
+        embedded = np.eye(d + 1)
+        embedded[1:, 1:] = rotation
+        rotation = embedded - 2.0 * np.outer(u, u.T @ embedded)
+    rotation = -rotation
+    return rotation.T @ np.diag(lam) @ rotation
+
+
+def test_quadratic_deep_hessian_and_initial_loss_are_deepobs():
+    """Pinned against DeepOBS's definition (drawing the rotation before the eigenvalues, or any
+    other order or algorithm, changes every entry)."""
+    expected = _deepobs_hessian_transcribed()
+    np.testing.assert_allclose(deepobs_quadratic_hessian(), expected, rtol=0, atol=1e-12)
+    # entries of DeepOBS's Q, as the transcription above computes them
+    for (i, j), value in {(0, 0): 6.221429443252536, (3, 7): 0.39749823341668267, (99, 42): 0.5673896676333543,
+                          (50, 50): 3.58440748098036}.items():
+        assert deepobs_quadratic_hessian()[i, j] == pytest.approx(value, rel=1e-12)
+        assert expected[i, j] == pytest.approx(value, rel=1e-12)
+    task = tasks.get("quadratic_deep")
+    torch.testing.assert_close(task.hessian, torch.from_numpy(expected).float())
+    # the initial test loss DeepOBS reports (theta = 1, its test batches: the first 896 points)
+    loss = task.evaluate(task.init_params(torch.Generator()), "test")["loss"]
+    assert loss == pytest.approx(353.4468, abs=2e-3)
+
+
 def test_quadratic_deep_batches_are_epochs_without_replacement():
     task = tasks.get("quadratic_deep")
     stream = task.batches(torch.Generator().manual_seed(1))
