@@ -65,7 +65,8 @@ class ExactTensor:
 
     Args:
         value: the initial value (any float tensor).
-        radix_bits: fractional bits (the paper's code: 52, leaving |x| < 2**11 = 2048).
+        radix_bits: fractional bits (the paper's code: 52). Values must stay below
+            ``2**(62 - radix_bits)`` (1024 at 52 bits), which leaves int64 room for a sum.
         denominator_bits: bits of the denominator of the rational momentum (16, as in the
             paper's code: gamma is rounded to a multiple of 2**-16). A multiplication by ``n / d``
             is exact on the integers it produces, but differs from the real product by up to
