@@ -2,6 +2,9 @@
 the fork server exits when the sweep's driver process does, even a driver killed with SIGKILL,
 instead of sleeping on with its workers (see :func:`l2o.bench.executors.exit_with_parent`)."""
 
-from l2o.bench.executors import exit_with_parent
+import os
 
-exit_with_parent()
+from l2o.bench.executors import DRIVER_ENV, exit_with_parent
+
+# the driver's pid, from the driver: a driver that died while the server was starting is seen
+exit_with_parent(int(os.environ[DRIVER_ENV]) if os.environ.get(DRIVER_ENV, "").isdigit() else None)

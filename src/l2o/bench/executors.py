@@ -38,14 +38,21 @@ EXECUTORS = ("process", "ray")
 
 # -- parent-death guard --------------------------------------------------------------------------
 
-def exit_with_parent() -> None:
+#: Set by the driver for the fork server it starts: the pid the server must outlive no longer.
+DRIVER_ENV = "L2O_BENCH_DRIVER_PID"
+
+
+def exit_with_parent(parent: int | None = None) -> None:
     """Make this process exit when its parent process exits (whatever kills the parent).
 
-    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, then a check that the parent did not already go
-    (the request does not cover a parent that died before it). Elsewhere: a daemon thread that
-    polls the parent's pid twice a second.
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, then a check that the parent (``parent``: the
+    pid expected; default the current parent) did not already go (the request does not cover a
+    parent that died before it). Elsewhere: a daemon thread that polls the parent's pid twice a
+    second.
     """
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
+    if os.getppid() != parent:
+        os._exit(1)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -130,11 +137,15 @@ def _start_forkserver() -> None:
     stops the workers itself, and never interrupts the server while it imports torch (a long
     traceback in the middle of the terminal). The driver's pending SIGINT is delivered as soon
     as it is unblocked."""
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, resource_tracker
 
     if not hasattr(signal, "pthread_sigmask"):
         forkserver.ensure_running()
         return
+    # The resource tracker first: starting it unblocks SIGINT and SIGTERM behind it, which would
+    # undo the block below if the fork server started it.
+    resource_tracker.ensure_running()
+    os.environ[DRIVER_ENV] = str(os.getpid())  # read by the server's guard (l2o.bench._forkserver_guard)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         forkserver.ensure_running()
@@ -189,10 +200,15 @@ class RayExecutor:
             # workers as in this process: the working directory is on their path.
             kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
                 p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)}}
+            # Ray's core installs its own SIGTERM handler (a stack dump, then abort): keep the
+            # caller's, so SIGTERM stops the sweep as Ctrl-C does (l2o bench run).
+            handlers = _signal_handlers()
             try:
                 ray.init(**kwargs)
             except ConnectionError as exc:
                 raise ValueError(f"cannot reach a Ray cluster at --ray-address {address}: {exc}") from exc
+            finally:
+                _restore(handlers)
             self._owns = True
         self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
         self.retries = RAY_RETRIES if retries is None else int(retries)
@@ -231,6 +247,18 @@ class RayExecutor:
         self._store.close()
         if self._owns:
             ray.shutdown()
+
+
+def _signal_handlers() -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _lost(spec, exc: BaseException, retries: int) -> dict[str, Any]:
