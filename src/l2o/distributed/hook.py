@@ -16,7 +16,8 @@ the paper's master-worker design does. (Replicating the server on every rank wou
 instead of one reply, and would leave the downlink compression nothing to save.)
 
 Conventions follow torch's PowerSGD hook: the state object holds the process group and a step
-counter advanced on the last bucket (``bucket.is_last()``), the hook returns a future holding
+counter advanced on the last bucket (``bucket.is_last()``; and, should DDP not call the hook
+for a last bucket holding only empty parameters, when a parameter comes round again), the hook returns a future holding
 the bucket's new contents. States are kept **per parameter** (not per bucket), and random
 draws are seeded per (seed, step, rank, parameter), so DDP's rebuilding of buckets after the
 first iteration changes nothing (PowerSGD needs ``start_powerSGD_iter > 1`` for this reason;
@@ -64,6 +65,7 @@ class CompressionState:
         self.bytes_down = 0    # the server's replies this rank received
         self.history: list[dict] = []
         self._step_bytes = {"up": 0, "down": 0}
+        self._seen: set[int] = set()  # parameter indices handled in the current step
         self.collective_sizes: list[tuple[str, int]] = []
 
     def _index_of(self, p: torch.Tensor) -> int:
@@ -91,9 +93,19 @@ def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
     alg = state.algorithm
     buffer = bucket.buffer()
     entries = []  # (parameter index or None, numel, dtype)
-    for p, g in zip(bucket.parameters(), bucket.gradients()):
+    params = bucket.parameters()
+    # the bucket's flat buffer is its parameters' gradients laid end to end (read it, not
+    # bucket.gradients(), which need not be views of the buffer)
+    grads = torch.split(buffer, [p.numel() for p in params]) if params else []
+    if sum(p.numel() for p in params) != buffer.numel():
+        raise RuntimeError(f"bucket of {buffer.numel()} elements but parameters of {sum(p.numel() for p in params)}: "
+                           "sparse gradients are not supported")
+    for p, g in zip(params, grads):
         entries.append((state._index_of(p) if g.numel() > 0 else None, g))
     live = [(i, g) for i, g in entries if i is not None]
+    if any(i in state._seen for i, _ in live):
+        _close_step(state)  # a new iteration whose previous last bucket never reached the hook
+    state._seen.update(i for i, _ in live)
     fut = torch.futures.Future()
     if not live:
         fut.set_result(buffer)
@@ -130,15 +142,12 @@ def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
     pieces, offset = [], 0
     for i, g in entries:
         if i is None:
+            pieces.append(g.new_zeros(0))
             continue
         size = alg.downlink.nbytes(g.numel(), g.dtype)
-        d = alg.worker_decode(state.worker[i], reply[offset:offset + size], g.numel(), g.dtype)
+        pieces.append(alg.worker_decode(state.worker[i], reply[offset:offset + size], g.numel(), g.dtype))
         offset += size
-        pieces.append(d)
-    flat = torch.cat(pieces) if pieces else buffer.new_zeros(0)
-    if flat.numel() != buffer.numel():
-        raise RuntimeError(f"bucket of {buffer.numel()} elements but parameters of {flat.numel()}: "
-                           "sparse or non-contiguous gradients are not supported")
+    flat = torch.cat(pieces)
     buffer.copy_(flat.to(buffer.dtype))
     fut.set_result(buffer)
     _advance(state, bucket)
@@ -147,7 +156,12 @@ def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
 
 def _advance(state: CompressionState, bucket) -> None:
     if bucket.is_last():
-        state.history.append({"step": state.step, "bytes_up": state._step_bytes["up"],
-                              "bytes_down": state._step_bytes["down"]})
-        state._step_bytes = {"up": 0, "down": 0}
-        state.step += 1
+        _close_step(state)
+
+
+def _close_step(state: CompressionState) -> None:
+    state.history.append({"step": state.step, "bytes_up": state._step_bytes["up"],
+                          "bytes_down": state._step_bytes["down"]})
+    state._step_bytes = {"up": 0, "down": 0}
+    state._seen = set()
+    state.step += 1

@@ -148,6 +148,8 @@ def train_ddp(rank: int, world_size: int, config: dict) -> dict:
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = problem.loss(ddp, problem.worker_batch(rank, step))
+        if config.get("extra_empty_param"):
+            loss = loss + ddp.module.empty.sum()  # used, so DDP expects its (empty) gradient
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
