@@ -20,6 +20,7 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
     "reversible": ("l2o.experiments.reversible", "Maclaurin et al. 2015, reversible-learning hypergradients (§4.1)"),
     "imaml": ("l2o.experiments.imaml", "Rajeswaran et al. 2019, implicit MAML vs MAML and first-order MAML"),
     "ftr": ("l2o.experiments.ftr", "Wang, Zhang & Ba 2020, Follow-the-Ridge for minimax"),
+    "dore": ("l2o.experiments.dore", "Liu, Li, Tang & Yan 2019, DORE double residual compression vs QSGD, MEM-SGD, DIANA, DoubleSqueeze"),
 }
 #: flags that only ``l2l`` takes (its shipped weights and settings)
 L2L_ONLY = ("no_train", "weights", "quadratic_weights", "settings", "meta_steps")
