@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     r.add_argument("--lr", type=float, default=None,
                    help="use this learning rate for every method instead of tuning it (EWC's lambda is still tuned)")
     r.add_argument("--lr-grid", default=None, help="learning-rate grid, comma-separated (default 0.01,0.03,0.1,0.3)")
+    r.add_argument("--ewc-lambda-grid", default=None, help="EWC's lambda grid, comma-separated (default 10,100,1000)")
     r.add_argument("--rotation-step", type=float, default=30.0, help="degrees between rotated-digits tasks (default 30)")
     r.add_argument("--mnist-dir", default=None, help="directory holding MNIST's IDX files (permuted-mnist)")
     r.add_argument("--out", default="l2o-continual", help="output directory (default l2o-continual)")
@@ -55,7 +56,8 @@ def _command(args) -> str:
     parts = ["l2o", "continual", "run", "--scenario", args.scenario, "--methods", args.methods,
              "--tasks", str(args.tasks), "--seeds", str(args.seeds), "--tune-seeds", str(args.tune_seeds),
              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--memory", str(args.memory)]
-    for flag, value in (("--lr", args.lr), ("--lr-grid", args.lr_grid), ("--mnist-dir", args.mnist_dir)):
+    for flag, value in (("--lr", args.lr), ("--lr-grid", args.lr_grid),
+                        ("--ewc-lambda-grid", args.ewc_lambda_grid), ("--mnist-dir", args.mnist_dir)):
         if value is not None:
             parts += [flag, str(value)]
     if args.scenario == "rotated-digits":
@@ -76,7 +78,8 @@ def _run(args) -> int:
     res = run_experiment(args.out, scenario=args.scenario, methods=parse_methods(args.methods), tasks=args.tasks,
                          seeds=args.seeds, tune_seeds=args.tune_seeds, epochs=args.epochs,
                          batch_size=args.batch_size, memory=args.memory, lr=args.lr,
-                         lr_grid=_floats(args.lr_grid, "--lr-grid"), rotation_step=args.rotation_step,
+                         lr_grid=_floats(args.lr_grid, "--lr-grid"),
+                         ewc_lambda_grid=_floats(args.ewc_lambda_grid, "--ewc-lambda-grid"), rotation_step=args.rotation_step,
                          mnist_dir=args.mnist_dir, progress=not args.no_progress,
                          command=_command(args))
     print(open(res["paths"]["report"], encoding="utf-8").read())

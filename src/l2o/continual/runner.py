@@ -118,9 +118,11 @@ def _mean_std(values: list) -> dict:
             "values": values}
 
 
-def _grid(name: str, lr_grid, lr) -> dict[str, tuple]:
+def _grid(name: str, lr_grid, lr, ewc_lambda_grid=None) -> dict[str, tuple]:
     cls, _ = METHODS[name]
     grid = dict(cls.grids)
+    if ewc_lambda_grid and "ewc_lambda" in grid:
+        grid["ewc_lambda"] = tuple(ewc_lambda_grid)
     grid["lr"] = (lr,) if lr is not None else tuple(lr_grid) if lr_grid else grid["lr"]
     return grid
 
@@ -132,6 +134,7 @@ def _key(hp: dict) -> str:
 def run_experiment(out: str | Path, *, scenario: str = "permuted-digits", methods: list[str] | None = None,
                    tasks: int = 5, seeds: int = 3, tune_seeds: int = 1, epochs: int = 10, batch_size: int = 32,
                    memory: int = 20, lr: float | None = None, lr_grid: list[float] | None = None,
+                   ewc_lambda_grid: list[float] | None = None,
                    rotation_step: float = 30.0, mnist_dir: str | None = None, progress: bool = True,
                    command: str = "") -> dict:
     """The whole experiment behind ``l2o continual run``; returns the results dict (also written)."""
@@ -154,9 +157,12 @@ def run_experiment(out: str | Path, *, scenario: str = "permuted-digits", method
         raise ValueError(f"--lr must be positive, got {lr}")
     if lr_grid is not None and (not lr_grid or any(not v > 0 for v in lr_grid)):
         raise ValueError(f"--lr-grid must hold positive learning rates, got {lr_grid}")
+    if ewc_lambda_grid is not None and (not ewc_lambda_grid or any(not v >= 0 for v in ewc_lambda_grid)):
+        raise ValueError(f"--ewc-lambda-grid must hold non-negative values, got {ewc_lambda_grid}")
     out = Path(out)
     config = {"scenario": scenario, "methods": methods, "tasks": tasks, "seeds": seeds, "tune_seeds": tune_seeds,
               "epochs": epochs, "batch_size": batch_size, "memory": memory, "lr": lr, "lr_grid": lr_grid,
+              **({"ewc_lambda_grid": ewc_lambda_grid} if ewc_lambda_grid else {}),
               "rotation_step": rotation_step, "mnist_dir": mnist_dir}
     cfg_path = out / "config.json"
     if cfg_path.exists():
@@ -189,7 +195,7 @@ def run_experiment(out: str | Path, *, scenario: str = "permuted-digits", method
         atomic_write_text(path, json.dumps(jsonable(res)))
         return res
 
-    grids = {n: _grid(n, lr_grid, lr) for n in methods}
+    grids = {n: _grid(n, lr_grid, lr, ewc_lambda_grid) for n in methods}
     combos = {n: [dict(zip(g, vals)) for vals in itertools.product(*g.values())] for n, g in grids.items()}
     tune_list = [s for s in range(TUNE_SEED0, TUNE_SEED0 + tune_seeds)]
     total = sum(len(c) * (len(tune_list) if len(c) > 1 else 0) + seeds for c in combos.values())
