@@ -423,3 +423,65 @@ def test_the_own_family_example_trains_and_evaluates(tmp_path, monkeypatch, caps
     assert main(["meta", "eval", "--weights", str(out / "weights.safetensors"), "--task", "own_family:task",
                  "--task-arg", "steps=5", "--steps", "5", "--seeds", "1", "--tune-seeds", "1", "--adam-grid", "0.1"]) == 0
     assert "own_family:task" in capsys.readouterr().out
+
+
+def test_train_into_a_directory_holding_a_run_refuses_unless_resumed_or_forced(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["meta", "train", *TINY, "--steps", "2", "--val-every", "0", "--out", str(out)]
+    assert main(args) == 0
+    first = load_tensors(out / "weights.safetensors")[0]
+    (out / "history.jsonl").write_text('{"step": 10, "meta_loss": 5.0}\n')  # what a mixed run would keep
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("l2o: error: --out") and "--resume" in err and "--force" in err
+    assert main([*args, "--resume", "--force"]) == 2
+    assert main([*args, "--seed", "5", "--force"]) == 0  # a new run in its place, nothing of the old one kept
+    assert '"meta_loss": 5.0' not in (out / "history.jsonl").read_text() if (out / "history.jsonl").exists() else True
+    assert any(not torch.equal(first[k], v) for k, v in load_tensors(out / "weights.safetensors")[0].items())
+    (tmp_path / "file").write_text("x")
+    assert main(["meta", "train", *TINY, "--steps", "1", "--out", str(tmp_path / "file")]) == 2
+    assert "l2o: error: --out" in capsys.readouterr().err
+
+
+def test_train_help_shows_defaults_and_every_flag_has_help(capsys):
+    import argparse
+
+    from l2o.commands import meta as meta_command
+
+    parser = argparse.ArgumentParser()
+    meta_command.register(parser.add_subparsers())
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["meta"]
+    commands = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("train", "eval", "plot"):
+        for action in commands[name]._actions:
+            assert action.help, (name, action.dest)
+    with pytest.raises(SystemExit):
+        main(["meta", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # as wrapped for the terminal, unwrapped
+    assert "(default: 0.003)" in text and "(default: 250)" in text and "(default: 50)" in text
+
+
+def test_val_every_above_steps_warns_that_only_the_last_step_validates(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["meta", "train", *TINY, "--steps", "2", "--val-every", "5", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "--val-every 5 is above --steps 2" in err and "only at the last step" in err
+    assert (out / "best_weights.safetensors").is_file()  # the last step's validation chose them
+
+
+def test_eval_refuses_directories_for_its_files_and_runs_without_progress(tmp_path, capsys):
+    rule = MLPRule(hidden=4)
+    from l2o.learned.weights import save_rule
+
+    path = save_rule(tmp_path / "w.safetensors", rule)
+    common = ["meta", "eval", "--weights", str(path), "--task", "quadratic", "--steps", "3", "--seeds", "1",
+              "--tune-seeds", "1", "--adam-grid", "0.1"]
+    for flag in ("--plot", "--json"):
+        assert main([*common, flag, str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"l2o: error: {flag} {tmp_path} is a directory"), err
+    assert main(["meta", "eval", "--weights", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main([*common, "--no-progress"]) == 0
+    assert "eval:" not in capsys.readouterr().err  # no progress bar

@@ -47,11 +47,22 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(x for x in text.split(",") if x)
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its text already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def register(subparsers) -> None:
     meta = subparsers.add_parser("meta", help="meta-train learned optimizers and evaluate them against tuned Adam")
     sub = meta.add_subparsers(dest="meta_command", required=True, metavar="SUBCOMMAND")
 
-    train = sub.add_parser("train", help="meta-train a learned optimizer (batched; BPTT, ES or PES)")
+    train = sub.add_parser("train", help="meta-train a learned optimizer (batched; BPTT, ES or PES)",
+                           formatter_class=_DefaultsHelp)
     train.add_argument("--optimizer", choices=("mlp", "lstm"), default=None,
                        help="rule kind (default: mlp, or the kind of --init)")
     train.add_argument("--init", default=None, metavar="WEIGHTS",
@@ -84,7 +95,7 @@ def register(subparsers) -> None:
     train.add_argument("--steps", type=int, default=1000, help="meta-updates (outer steps)")
     train.add_argument("--batch", type=int, default=8, help="task instances advanced together")
     train.add_argument("--groups", type=int, default=4, help="episode groups in flight")
-    train.add_argument("--meta-lr", type=float, default=3e-3)
+    train.add_argument("--meta-lr", type=float, default=3e-3, help="Adam learning rate of the meta-optimizer")
     train.add_argument("--meta-lr-decay", choices=("constant", "cosine"), default="constant",
                        help="cosine: decay the meta learning rate to 0 over --steps outer steps (a resumed run with "
                             "another --steps follows the new total; default constant)")
@@ -100,15 +111,20 @@ def register(subparsers) -> None:
                        help="meta-train under the per-tensor step-size adaptation of rate KAPPA (default: off, or the "
                             "rate --init's weights deploy with); the weights then deploy with it by default "
                             "(LearnedOptimizer(adapt=None))")
-    train.add_argument("--checkpoint-every", type=int, default=50)
-    train.add_argument("--val-every", type=int, default=250)
-    train.add_argument("--val-steps", type=int, default=200)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=50,
+                       help="outer steps between checkpoints (OUT/last.safetensors; a kill loses at most these)")
+    train.add_argument("--val-every", type=int, default=250,
+                       help="outer steps between validations on fixed episodes, also run at the last step; the best "
+                            "weights go to OUT/best_weights.safetensors (0: no validation)")
+    train.add_argument("--val-steps", type=int, default=200, help="inner steps of each validation episode")
+    train.add_argument("--seed", type=int, default=0, help="seeds the episodes and the ES/PES perturbations")
     train.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     train.add_argument("--device", default="cpu", help="where the rule and the optimizees run, e.g. cuda (default cpu); a GPU pays "
                        "off with a large --batch, e.g. 64 (docs/gpu.md)")
     train.add_argument("--out", required=True, help="output directory (checkpoints, weights.safetensors + card)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    train.add_argument("--force", action="store_true",
+                       help="start a new run in an OUT that holds one, replacing its checkpoints and weights")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
@@ -117,7 +133,8 @@ def register(subparsers) -> None:
     plot.add_argument("--out", default=None, help="the PNG to write (default: OUT/training.png)")
     plot.set_defaults(func=_plot)
 
-    ev = sub.add_parser("eval", help="compare a learned optimizer with tuned Adam over seeds")
+    ev = sub.add_parser("eval", help="compare a learned optimizer with tuned Adam over seeds",
+                        formatter_class=_DefaultsHelp)
     ev.add_argument("--weights", required=True, help="a weights file or the name of shipped weights (mlp-general)")
     ev.add_argument("--task", default="digits_mlp",
                     help="a task name from l2o.tasks (default digits_mlp), or one of your own as package.module:name "
@@ -133,6 +150,7 @@ def register(subparsers) -> None:
                     help="the learned optimizer's step-size adaptation rate, LearnedOptimizer(adapt=...) (default: the rate "
                          "the weights were meta-trained under: 0.1 for mlp-general, 0 for the other shipped ones)")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--plot", default=None, metavar="PNG",
                     help="also draw the training curves of both optimizers, one panel per budget, to this PNG")
     ev.set_defaults(func=_eval)
@@ -186,6 +204,7 @@ def _train(args) -> int:
 
     from l2o.meta.trainer import MetaConfig, MetaTrainer
 
+    _check_out(args)
     torch.set_num_threads(args.threads)
     device = _device(args.device)
     family = _family(args)
@@ -201,6 +220,9 @@ def _train(args) -> int:
                         meta_lr_decay=args.meta_lr_decay, clip=args.clip or None, sigma=args.sigma, pairs=args.pairs,
                         checkpoint_every=args.checkpoint_every, val_every=args.val_every, val_episodes=args.groups,
                         val_steps=args.val_steps, seed=args.seed, adapt=args.adapt)
+    if args.val_every > args.steps:
+        print(f"warning: --val-every {args.val_every} is above --steps {args.steps}: validation runs only at the last "
+              f"step, so the best weights are the last ones", file=sys.stderr)
     trainer = MetaTrainer(rule, family, config, directory=args.out)
     wall = time.time()
     summary = trainer.train(resume=args.resume, progress_bar=not args.no_progress)
@@ -285,6 +307,26 @@ def _initial_rule(args):
     return rule
 
 
+#: what a run leaves in its --out (``--force`` removes them before a new run)
+RUN_FILES = ("last.safetensors", "best.safetensors", "weights.safetensors", "weights.json", "best_weights.safetensors",
+             "best_weights.json", "history.jsonl", "training.png")
+
+
+def _check_out(args) -> None:
+    """``--out`` must be a directory that holds no run, or one to ``--resume`` (or ``--force`` over)."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a directory")
+    if args.resume and args.force:
+        raise ValueError("--resume continues the run in --out and --force replaces it: give one of them")
+    if (out / "last.safetensors").is_file() and not args.resume:
+        if not args.force:
+            raise ValueError(f"--out {args.out} holds a run already: continue it with --resume, replace it with "
+                             f"--force, or give another --out")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
 def _run_title(out: str) -> str:
     return f"l2o meta train --out {out}"
 
@@ -311,8 +353,11 @@ def _eval(args) -> int:
         raise ValueError(f"--adam-grid must list at least one learning rate, got {args.adam_grid!r}")
     if args.adapt is not None:
         check_adapt(args.adapt, "--adapt")
+    for flag, path, what in (("--json", args.json, "JSON file"), ("--plot", args.plot, "PNG file")):
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"{flag} {path} is a directory; give the {what} to write")
     results = compare_with_adam(rule, args.task, kwargs, budgets=list(args.steps), seeds=args.seeds, adam_grid=grid,
-                                tune_seeds=args.tune_seeds, adapt=args.adapt)
+                                tune_seeds=args.tune_seeds, adapt=args.adapt, progress=not args.no_progress)
     print(format_table(results))
     if args.json:
         from l2o.io import atomic_write_text, jsonable
