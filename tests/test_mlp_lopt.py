@@ -519,3 +519,49 @@ def test_state_of_half_precision_parameters_round_trips_in_float32():
     assert all(opt2.state[p]["m"].dtype == torch.float32 for p in again.parameters())
     for a, b in zip(model.parameters(), again.parameters()):
         assert torch.equal(a, b)  # the reloaded state kept its float32 precision
+
+
+def _steps_through(path: str, rule: MLPRule, params: dict, grads_by_step: list[dict]) -> dict:
+    """Four steps of every tensor through one of MLPRule.PATHS (forced), from fresh state."""
+    rule.path = lambda p, **kw: path  # the dispatcher, overruled: every tensor takes ``path``
+    if path == "reference":
+        state = rule.init_state(params)
+        for grads in grads_by_step:
+            with torch.enable_grad():
+                params, state = rule.update(grads, state, params)
+        return {k: v.detach() for k, v in params.items()}
+    if path == "grouped":  # stacked tasks (here one), every tensor in one pass
+        stacked = {k: v.unsqueeze(0) for k, v in params.items()}
+        state = rule.init_state(stacked, batch_dims=1)
+        for grads in grads_by_step:
+            stacked, state = rule.update({k: g.unsqueeze(0) for k, g in grads.items()}, state, stacked, batch_dims=1)
+        return {k: v[0].detach() for k, v in stacked.items()}
+    live = {k: v.clone() for k, v in params.items()}  # the in-place paths
+    state = rule.init_state(live)
+    for grads in grads_by_step:
+        rule.update_(grads, state, live, fused=path in ("fused", "small_fused"))
+    return live
+
+
+@pytest.mark.parametrize("path", MLPRule.PATHS)
+def test_every_path_of_the_step_matches_the_reference(path):
+    """The peer implementations behind MLPRule.path, one table: each against the plain reference."""
+    rule = _trained_like(MLPRule(hidden=8), seed=5).double()
+    rule.fast_threshold, rule.fast_chunk = 100, 96  # the chunked passes take several chunks
+    gen = torch.Generator().manual_seed(4)
+    shapes = {"w": (30, 25), "b": (25,), "conv": (6, 5, 3, 3)}
+    params = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+    grads_by_step = [{k: torch.randn(s, generator=gen, dtype=torch.float64) * 10.0 ** (t - 2) for k, s in shapes.items()}
+                     for t in range(4)]
+    got = _steps_through(path, rule, params, grads_by_step)
+    for k, p in params.items():
+        ref, m, v = p.clone(), torch.zeros(len(rule.betas), *p.shape, dtype=torch.float64), torch.zeros_like(p)
+        with torch.no_grad():
+            for t, grads in enumerate(grads_by_step, 1):
+                ref, m, v = _reference_step(rule, ref, grads[k], m, v, t)
+        torch.testing.assert_close(got[k], ref, rtol=1e-9, atol=1e-11)
+        assert float((got[k] - p).abs().max()) > 1e-4  # moved: not a comparison of unchanged tensors
+    if path == "fused":
+        from l2o.learned._mlp_kernel import fused_mlp_step_
+
+        assert not fused_mlp_step_.failed  # the compiled passes ran, not the fallback

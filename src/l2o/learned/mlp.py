@@ -145,19 +145,42 @@ class MLPRule(LearnedRule):
         if batch_dims not in (0, 1):
             raise ValueError(f"batch_dims must be 0 or 1, got {batch_dims}")
         first = next(iter(params.values()), None)
-        if batch_dims == 1 and first is not None and first.device.type in self.grouped_devices:
+        if first is not None and self.path(first, batch_dims=batch_dims) == "grouped":
             return self._update_grouped(grads, state, params)
         new_params, new_state = {}, {}
+        differentiable = torch.is_grad_enabled()
         for name, p in params.items():
             g = grads.get(name)
             if g is None:  # a frozen or unused tensor keeps its value and state
                 new_params[name], new_state[name] = p, state[name]
                 continue
-            if batch_dims == 0 and not torch.is_grad_enabled() and p.numel() > self.fast_threshold:
+            if self.path(p, batch_dims=batch_dims, differentiable=differentiable) == "chunked":
                 new_params[name], new_state[name] = self._update_tensor_fast(p, g, state[name])
             else:
                 new_params[name], new_state[name] = self._update_tensor(p, g, state[name], batch_dims)
         return new_params, new_state
+
+    #: The peer implementations of one step, as torch.optim splits single-tensor, multi-tensor and
+    #: fused ones; :meth:`path` alone chooses among them, for :meth:`update` and :meth:`update_`:
+    #:
+    #: - ``"reference"``: :meth:`_update_tensor`, one tensor, differentiable (the definition);
+    #: - ``"grouped"``: :meth:`_update_grouped`, every tensor of stacked tasks in one pass;
+    #: - ``"chunked"``: :meth:`_fast_step`, no autograd, chunks of coordinates, in place or not;
+    #: - ``"fused"``: :meth:`_fast_step` through the compiled passes of :mod:`l2o.learned._mlp_kernel`;
+    #: - ``"small_fused"``: :meth:`_small_steps_`, the small tensors stepped together.
+    PATHS = ("reference", "grouped", "chunked", "fused", "small_fused")
+
+    def path(self, p: Tensor, *, batch_dims: int = 0, differentiable: bool = True, fused: bool = False,
+             contiguous: bool = True) -> str:
+        """Which of :data:`PATHS` steps tensor ``p`` (see there)."""
+        if batch_dims == 1 and p.device.type in self.grouped_devices:
+            return "grouped"
+        large = p.numel() > self.fast_threshold
+        if fused and not large:
+            return "small_fused"
+        if large and batch_dims == 0 and not differentiable and contiguous:
+            return "fused" if fused else "chunked"
+        return "reference"
 
     #: device types on which a batched update (``batch_dims=1``, meta-training) steps all tensors
     #: in one pass (:meth:`_update_grouped`) instead of one pass per tensor. A GPU is bound by
@@ -269,14 +292,16 @@ class MLPRule(LearnedRule):
             for key in ("m", "v", "step"):  # state made for another dtype (e.g. model.double() since)
                 if st[key].dtype != work:
                     st[key] = st[key].to(work)
-            if fused and p.numel() <= self.fast_threshold:
-                small.setdefault((work, p.device), []).append((p, g, st, scale))
-                continue
             # Half-precision parameters: the step is computed on a float32 copy, then stored back.
             p_work, g_work = (p, g) if p.dtype == work else (p.to(work), g.to(work))
             contiguous = p_work.is_contiguous() and st["m"].is_contiguous() and st["v"].is_contiguous()
-            if p.numel() > self.fast_threshold and contiguous:
-                self._fast_step(p_work, g_work, st["m"], st["v"], st["step"], p_work, st["m"], st["v"], scale, fused)
+            path = self.path(p, differentiable=False, fused=fused, contiguous=contiguous)
+            if path == "small_fused":
+                small.setdefault((work, p.device), []).append((p, g, st, scale))
+                continue
+            if path in ("chunked", "fused"):
+                self._fast_step(p_work, g_work, st["m"], st["v"], st["step"], p_work, st["m"], st["v"], scale,
+                                path == "fused")
                 st["step"] = st["step"] + 1
             else:
                 self._small_step_(p_work, g_work, st, scale)
