@@ -336,7 +336,7 @@ def _plots(out: Path, cfg: FTRConfig, toys, bilinear, gans) -> list[Path]:
             ax.set_xlabel("sample")
             ax.set_ylabel("density")
         else:
-            ax.scatter(game.data[:1000, 0], game.data[:1000, 1], s=4, color="gray", alpha=0.4, label="data")
+            ax.scatter(game.data[:1000, 0], game.data[:1000, 1], s=3, color="black", alpha=0.6, label="data", zorder=5)
             for m, rs in d.items():
                 ax.scatter([s[0] for s in rs[0]["samples"]], [s[1] for s in rs[0]["samples"]], s=4, color=COLORS[m],
                            alpha=0.5, label=f"{m} (seed 0)")
