@@ -204,9 +204,15 @@ def _train(args) -> int:
 
     from l2o.meta.trainer import MetaConfig, MetaTrainer
 
-    _check_out(args)
     torch.set_num_threads(args.threads)
     device = _device(args.device)
+    from l2o.meta import distributed
+
+    rank, world = distributed.init_from_env(device) if distributed.launched() else (0, 1)
+    if distributed.launched():  # torchrun: rank 0 alone checks (and with --force clears) --out
+        distributed.on_root(lambda: _check_out(args))
+    else:
+        _check_out(args)
     family = _family(args)
     rule = _initial_rule(args) if args.init is not None else _new_rule(args)
     rule.to(device)
@@ -223,10 +229,15 @@ def _train(args) -> int:
     if args.val_every > args.steps:
         print(f"warning: --val-every {args.val_every} is above --steps {args.steps}: validation runs only at the last "
               f"step, so the best weights are the last ones", file=sys.stderr)
-    trainer = MetaTrainer(rule, family, config, directory=args.out)
+    if distributed.launched():
+        trainer = distributed.DistributedMetaTrainer(rule, family, config, directory=args.out)
+    else:
+        trainer = MetaTrainer(rule, family, config, directory=args.out)
     wall = time.time()
-    summary = trainer.train(resume=args.resume, progress_bar=not args.no_progress)
+    summary = trainer.train(resume=args.resume, progress_bar=not args.no_progress and rank == 0)
     wall = time.time() - wall
+    if rank != 0:  # rank 0 alone writes the weights, the figure and the summary
+        return 0
     described = family.describe() if hasattr(family, "describe") else {"name": getattr(family, "name", None)}
     if args.family is not None:
         described = {**described, "path": args.family}
@@ -245,7 +256,8 @@ def _train(args) -> int:
                       "seconds": round(summary.seconds, 1), "cpu_seconds": round(summary.cpu_seconds, 1),
                       "wall_seconds": round(wall, 1),
                       "inner_steps_per_second": round(summary.inner_steps_per_second, 1),
-                      "rollbacks": summary.rollbacks, "best_val": best}))  # null: no validation ran
+                      "rollbacks": summary.rollbacks, "best_val": best,  # null: no validation ran
+                      "world_size": world}))
     return 0
 
 

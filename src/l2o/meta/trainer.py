@@ -271,15 +271,28 @@ class MetaTrainer:
         self._last_good: tuple[dict, dict] | None = None
         self._flushed_step = 0  # history.jsonl holds the rows up to this outer step
 
-    # -- distribution hooks (one process for now) -------------------------------------------------
+    # -- distribution hooks (one process here; l2o.meta.distributed.DistributedMetaTrainer) -------------
+    @property
+    def world_size(self) -> int:
+        """The number of processes meta-training together (recorded in history and the model card)."""
+        return 1
+
     @property
     def writes_files(self) -> bool:
         """Whether this process writes checkpoints, history and weights (rank 0 of a group)."""
         return True
 
-    def _reduce(self, grad: Tensor) -> Tensor:
-        """The meta-gradient summed over the processes of a data-parallel run (one process: itself)."""
-        return grad
+    def _reduce(self, grad: Tensor, value: float, finite: bool) -> tuple[Tensor, float, bool]:
+        """The meta-gradient and meta-loss summed, and whether every inner unroll stayed finite, over
+        the processes of a data-parallel run (one process: its own)."""
+        return grad, value, finite
+
+    def _episode_size(self, episode: Episode) -> int:
+        """The task instances of the whole episode (a process of a data-parallel run holds a share)."""
+        return episode.size
+
+    def _make_unroll(self, steps: int) -> EpisodeUnroll:
+        return EpisodeUnroll(self.rule, self._scratch, self.meta_loss, steps, self.config.second_order)
 
     # -- pieces -------------------------------------------------------------------------------------
     def _make_estimator(self) -> GradientEstimator:
@@ -408,8 +421,8 @@ class MetaTrainer:
             if step % HISTORY_EVERY == 0:
                 window = [values[s] for s in range(step - HISTORY_EVERY + 1, step + 1) if s in values]
                 if window:
-                    rows.append({"step": step, "meta_loss": sum(window) / len(window)})
-        rows += [{"step": int(s), "val": v} for s, v in self.summary.val_history if self._flushed_step < s <= end]
+                    rows.append({"step": step, "meta_loss": sum(window) / len(window), "world_size": self.world_size})
+        rows += [{"step": int(s), "val": v, "world_size": self.world_size} for s, v in self.summary.val_history if self._flushed_step < s <= end]
         rows.sort(key=lambda row: (row["step"], "val" in row))
         if rows:
             from l2o.io import jsonable
@@ -428,12 +441,12 @@ class MetaTrainer:
         episode = self.estimator.episode_of(state)
         k = max(1, min(cfg.unroll_at(step), episode.horizon - episode.step))
         theta = flatten_module(self.rule)
-        unroll = EpisodeUnroll(self.rule, self._scratch, self.meta_loss, k, cfg.second_order)
+        unroll = self._make_unroll(k)
         estimate = self.estimator.estimate(unroll, theta, state, _key(cfg.seed, step, self.summary.rollbacks))
-        grad = self._reduce(estimate.grad)
-        if not (math.isfinite(estimate.value) and bool(torch.isfinite(grad).all())):
-            return estimate.value, False, 0
-        self.groups[index] = estimate.state if estimate.finite else None  # an inner divergence ends the episode
+        grad, value, finite = self._reduce(estimate.grad, estimate.value, estimate.finite)
+        if not (math.isfinite(value) and bool(torch.isfinite(grad).all())):
+            return value, False, 0
+        self.groups[index] = estimate.state if finite else None  # an inner divergence ends the episode
         offset = 0
         for p in self.rule.parameters():
             p.grad = grad[offset:offset + p.numel()].view_as(p).to(p.dtype).clone()
@@ -444,7 +457,7 @@ class MetaTrainer:
             group["lr"] = cfg.meta_lr_at(step)
         self.meta_optimizer.step()
         self.meta_optimizer.zero_grad(set_to_none=True)
-        return self.meta_loss.per_step(estimate.value, k), True, k * episode.size
+        return self.meta_loss.per_step(value, k), True, k * self._episode_size(episode)
 
     def _rollback(self, bad_step: int) -> None:
         rollbacks = self.summary.rollbacks + 1
@@ -522,7 +535,7 @@ class MetaTrainer:
                     "meta_train_seconds": round(s.seconds, 1), "meta_train_cpu_seconds": round(s.cpu_seconds, 1),
                     "threads": torch.get_num_threads(), "rollbacks": s.rollbacks,
                     "best_val": s.best_val if math.isfinite(s.best_val) else None, "best_step": s.best_step,
-                    "meta_loss": self.meta_loss.name}
+                    "meta_loss": self.meta_loss.name, "world_size": self.world_size}
         if self.config.meta_loss == "log_ratio":  # the name earlier cards used
             training["best_val_log_loss_ratio"] = training["best_val"] if s.val_history else None
         card: dict[str, Any] = {"training": training}
