@@ -37,9 +37,9 @@ def _config(quick: bool, seeds: int | None) -> dict:
             "digits_logistic": {"kwargs": {"workers": 4, "batch_size": 32}, "steps": 30, "grid": [0.5]},
             "digits_mlp": {"kwargs": {"workers": 4, "batch_size": 32, "hidden": 32}, "steps": 20, "grid": [0.3]}}}
     return {"seeds": seeds or 2, "ls_steps": 300, "problems": {
-        "digits_logistic": {"kwargs": {"workers": 4, "batch_size": 32}, "steps": 150, "grid": [0.1, 0.3, 1.0]},
+        "digits_logistic": {"kwargs": {"workers": 4, "batch_size": 32}, "steps": 150, "grid": [0.3, 1.0, 3.0]},
         "digits_mlp": {"kwargs": {"workers": 8, "batch_size": 32, "hidden": 32}, "steps": 100,
-                       "grid": [0.1, 0.3, 1.0]}}}
+                       "grid": [0.3, 0.6, 1.0, 2.0]}}}
 
 
 def _run_cached(out: Path, key: str, resume: bool, fn):
@@ -116,7 +116,7 @@ def reproduce(out_dir, *, quick: bool, seeds: int | None, resume: bool, progress
             runs = []
             for seed in range(cfg["seeds"]):
                 problem = make_problem(pname, seed=seed, **pc["kwargs"])
-                runs.append(_run_cached(out, f"{pname}_{name}_seed{seed}", resume, lambda: simulate(
+                runs.append(_run_cached(out, f"{pname}_{name}_lr{best:g}_seed{seed}", resume, lambda: simulate(
                     problem, make_algorithm(name), lr=best, steps=steps, seed=seed, eval_every=eval_every,
                     progress=progress, desc=f"{pname} {name} seed {seed}")))
             curves[pname][name] = runs
