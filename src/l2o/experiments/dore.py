@@ -197,15 +197,15 @@ def _plot_least_squares(path: Path, runs: dict, f_star: float) -> Path:
         steps = [s for s, _ in run["eval"]]
         sub = [max(v - f_star, 1e-16) for _, v in run["eval"]]
         axes[2].semilogy(steps, sub, color=COLORS[name], label=LABELS[name])
-    axes[0].set_title("worker side: norm of what is compressed")
-    axes[1].set_title("server side: norm of what is compressed")
+    axes[0].set_title("worker side: what is compressed\n(DORE, DIANA: Δᵢ = gᵢ − hᵢ; DoubleSqueeze: gᵢ + δᵢ)", fontsize=10)
+    axes[1].set_title("server side: what is compressed\n(DORE: q; DoubleSqueeze: v)", fontsize=10)
     axes[2].set_title("f(x) − f*")
     for ax in axes:
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[0].set_ylabel("mean over workers of ‖Δᵢ‖ (DoubleSqueeze: ‖gᵢ + δᵢ‖)")
-    axes[1].set_ylabel("‖q‖ (DoubleSqueeze: ‖v‖)")
+    axes[0].set_ylabel("norm (mean over workers)")
+    axes[1].set_ylabel("norm")
     fig.suptitle("Least squares, 4 workers, full local gradients, 2-bit quantization")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -235,7 +235,7 @@ def _plot_problem(path: Path, pname: str, curves: dict, entry: dict) -> Path:
     axes[0].set_xlabel("iteration")
     axes[1].set_xscale("log")
     axes[1].set_xlabel("bits sent (all workers, both directions)")
-    axes[0].legend()
+    axes[1].legend(loc="lower left", fontsize=9)
     w = entry["kwargs"]["workers"]
     fig.suptitle(f"{pname}: {w} workers, mean over seeds (dotted: {TARGET_SLACK:g} × full precision's final loss)")
     fig.tight_layout()
