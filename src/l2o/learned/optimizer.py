@@ -27,6 +27,21 @@ from l2o.learned.adaptation import check_adapt, default_adapt, next_log_scales
 from l2o.learned.base import LearnedRule
 
 
+def _refuse_sharded(params: list) -> None:
+    """FSDP's sharded parameters (FSDP2's DTensors, FSDP1's flat parameters) are refused: each rank
+    would hold a slice of every tensor, and a rule's per-tensor quantities (the MLP rule's tensor
+    features, the step-size adaptation's cosine) would be computed on the slice, so the ranks would
+    take different steps from the one the weights were meta-trained for. DistributedDataParallel
+    (whole tensors on every rank, gradients all-reduced in the backward pass) works unchanged."""
+    for p in params:
+        sharded = getattr(p, "_is_flat_param", False) or type(p).__name__ == "DTensor" or \
+            type(getattr(p, "data", None)).__name__ == "DTensor"
+        if sharded:
+            raise ValueError("LearnedOptimizer cannot step FSDP's sharded parameters: its rule computes per-tensor "
+                             "quantities that a shard of a tensor does not have; wrap the model in "
+                             "DistributedDataParallel instead (every rank keeps whole tensors)")
+
+
 class LearnedOptimizer(torch.optim.Optimizer):
     """Applies a trained :class:`~l2o.learned.base.LearnedRule` to ``params``.
 
@@ -76,6 +91,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"fused=True needs a rule with a fused step (the MLP rule); {type(rule).__name__} has none")
         self.fused, self.adapt = bool(fused), adapt
         super().__init__(params, {"lr": lr})
+        _refuse_sharded([p for group in self.param_groups for p in group["params"]])
         devices = {p.device for group in self.param_groups for p in group["params"]}
         if len(devices) > 1:
             raise ValueError(f"LearnedOptimizer needs all parameters on one device, got {sorted(map(str, devices))}; "
