@@ -1,7 +1,5 @@
 """`l2o continual run`: strict-JSON results, report and figures, resume, tuning on validation, bad input."""
 
-import json
-
 import pytest
 
 import l2o.continual.runner as runner
