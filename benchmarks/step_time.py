@@ -13,17 +13,24 @@ SGLD's step: filling one buffer per tensor with standard normal numbers from a `
 filling int32 buffers of the same sizes with raw random bits (``random_``, the Mersenne-twister
 output that ``normal_`` transforms).
 
+The JSON records the CPU (model name and the vector extensions its flags list: avx512f, avx2,
+...) beside the numbers: compiled kernels (``SGLD(noise="philox")``, the "compiled" rows) are
+vectorised to the widest extension the CPU has, so their ratios differ between CPUs.
+
 Usage::
 
     python benchmarks/step_time.py                 # writes benchmarks/results/step_time.json
     python benchmarks/step_time.py --rounds 5 --steps 5 --out /tmp/quick.json
+    python benchmarks/step_time.py --only "adam (default)" --only "sgld (default)" --out /tmp/sgld.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -59,9 +66,10 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("yellowfin (default)", "yellowfin", {}),
     ("yellowfin loop", "yellowfin", dict(foreach=False)),
     ("yellowfin foreach", "yellowfin", dict(foreach=True)),
-    # torch.compile(optimizer.step), default settings: where does a compiled step pay? (SGDHD
-    # and YellowFin are left out: their learning rate and momentum are new Python floats every
-    # step, so a compiled step recompiles every step, seconds each.)
+    # torch.compile(optimizer.step), default settings: where does a compiled step pay? (SGDHD is
+    # left out: its learning rate is a new Python float every step, so a compiled step recompiles
+    # every step, seconds each; YellowFin's step runs eagerly under torch.compile, see
+    # benchmarks/yellowfin_compile.py.)
     ("adam (default) compiled", "compiled:torch:Adam", {}),
     ("hadam order=4 compiled", "compiled:hadam", {}),
     ("adamhd compiled", "compiled:adamhd", {}),
@@ -69,6 +77,30 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("floor: normal_ noise alone", "floor:normal", {}),
     ("floor: random_ int32 bits alone", "floor:bits", {}),
 ]
+
+
+VECTOR_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile", "avx2", "fma", "avx", "sse4_2",
+                "asimd", "sve")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and the vector extensions among its flags (Linux ``/proc/cpuinfo``)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    extensions = [flag for flag in VECTOR_FLAGS if flag in flags]
+    widest = ("avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "avx" if "avx" in flags
+              else "neon" if "asimd" in flags else "sse/none")
+    return {"model": model, "cores": os.cpu_count(), "vector_extensions": extensions, "widest": widest}
 
 
 class NoiseFloor:
@@ -126,11 +158,21 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (median kept)")
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps per timing")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "step_time.json")
+    parser.add_argument("--only", action="append", default=None, metavar="NAME",
+                        help="time only this row (repeatable); 'adam (default)' and 'adam fused' always run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    names = {name for name, _, _ in CONFIGS}
+    if args.only:
+        unknown = sorted(set(args.only) - names)
+        if unknown:
+            raise SystemExit(f"unknown --only row(s): {unknown}; rows: {sorted(names)}")
+    chosen = None if not args.only else {*args.only, "adam (default)", "adam fused"}
 
     optimizers, skipped = {}, {}
     for name, kind, kwargs in CONFIGS:
+        if chosen is not None and name not in chosen:
+            continue
         try:
             params = make_tensors()
             optimizers[name] = build(kind, params, kwargs)
@@ -170,13 +212,15 @@ def main(argv=None) -> int:
                for name, m in median.items()]
     report = dict(
         description=__doc__.strip().splitlines()[0],
-        command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-        torch=torch.__version__, python=platform.python_version(), machine=platform.machine(),
+        command="python " + shlex.join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        torch=torch.__version__, python=platform.python_version(), machine=platform.machine(), cpu=cpu_info(),
         threads=torch.get_num_threads(), tensors=50, parameters=numel, dtype="float32",
         rounds=args.rounds, steps_per_round=args.steps, results=results, skipped=skipped,
     )
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 
+    cpu = report["cpu"]
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, vector extensions: {', '.join(cpu['vector_extensions']) or 'none'}")
     print(f"{numel:,} parameters in 50 tensors, 1 thread, median of {args.rounds} rounds x {args.steps} steps")
     print(f"{'optimizer':31s} {'ms/step':>9s} {'x Adam':>8s} {'x fused Adam':>13s}")
     for row in results:

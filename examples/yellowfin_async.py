@@ -36,7 +36,7 @@ def simulate(tau: int, closed_loop: bool, steps: int, dim: int, noise: float, se
     generator = torch.Generator().manual_seed(seed)
     curvature = torch.logspace(-1.5, 0.0, dim, dtype=torch.float64)
     x = torch.ones(dim, dtype=torch.float64, requires_grad=True)
-    optimizer = YellowFin([x], closed_loop=closed_loop, staleness=tau)
+    optimizer = YellowFin([x], closed_loop=closed_loop, staleness=tau, **YellowFin.ALGORITHM_LISTING)
     stale = collections.deque([x.detach().clone()], maxlen=tau + 1)  # x_{t-tau} .. x_t
     trajectory = [x.detach().clone()]
     step_sizes: list[float] = []

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import l2o.optim
-from l2o.optim._base import SparseGradientError
+from l2o.optim._base import NonFiniteGradientWarning, SparseGradientError, grads_finite, warn_nonfinite_skip
 
 from .cases import CASES, OptimizerCase
 
@@ -278,3 +278,38 @@ def test_converges(case, problem):
         optimizer.step()
     final = loss_fn(x).item()
     assert final < spec.tolerance, f"{case.name} on {problem}: {start:.3g} -> {final:.3g} after {spec.steps} steps"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_skips_the_whole_step_and_warns(case, bad):
+    """One NaN/inf coordinate: no parameter and no state changes (the policy of l2o.optim._base)."""
+    params = model_params()
+    optimizer = make(case, params, foreach=True)
+    run(optimizer, params, 3)
+    before_params = clone(params)
+    before_state = copy.deepcopy(optimizer.state_dict())
+    optimizer.zero_grad()
+    model_loss(params, 3).backward()
+    params[0].grad[1, 2] = bad
+    with pytest.warns(NonFiniteGradientWarning, match=r"step 4.*skipped"):
+        optimizer.step()
+    assert_params_equal(params, before_params, exact=True)
+    after_state = optimizer.state_dict()
+    assert repr(after_state) == repr(before_state)
+    # and training goes on as if the bad step had never come
+    run(optimizer, params, 2, start=3)
+    reference_params = model_params()
+    reference = make(case, reference_params, foreach=True)
+    run(reference, reference_params, 5)
+    assert_params_equal(params, reference_params)
+
+
+def test_grads_finite_helper():
+    assert grads_finite([torch.ones(3), None, torch.zeros(0)])
+    assert not grads_finite([torch.ones(3), torch.tensor([1.0, float("nan")])])
+    assert not grads_finite([torch.tensor([-float("inf")], dtype=torch.float64), torch.ones(2)])
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.tensor([1.0, float("nan")]), (4,))
+    assert not grads_finite([sparse])
+    assert grads_finite([])
+    with pytest.warns(NonFiniteGradientWarning, match="MyRule: .* at step 7; the step was skipped"):
+        warn_nonfinite_skip("MyRule", torch.tensor(7.0))

@@ -115,3 +115,45 @@ def test_learning_rate_is_per_group_and_survives_state_dict():
     restored.load_state_dict(optimizer.state_dict())
     assert [g["lr"] for g in restored.param_groups] == [lr_a, lr_b]
     assert restored.param_groups[1]["hypergrad_lr"] == 0.1
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_sgdhd_dampening_matches_torch_sgd_when_the_rate_is_frozen(foreach):
+    gen = torch.Generator().manual_seed(7)
+    grads = [[torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(5, generator=gen, dtype=torch.float64)]
+             for _ in range(6)]
+    ours = [torch.zeros(4, 3, dtype=torch.float64, requires_grad=True), torch.zeros(5, dtype=torch.float64,
+                                                                               requires_grad=True)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    a = SGDHD(ours, lr=0.1, hypergrad_lr=0.0, momentum=0.9, dampening=0.3, foreach=foreach)
+    b = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, dampening=0.3)
+    for step, gs in enumerate(grads):
+        for p, q, g in zip(ours, theirs, gs):
+            p.grad, q.grad = g.clone(), g.clone()
+        if step == 2:  # a parameter that gets its first gradient late starts its buffer at g
+            ours[1].grad = theirs[1].grad = None
+        a.step()
+        b.step()
+        for p, q in zip(ours, theirs):
+            torch.testing.assert_close(p, q, rtol=1e-14, atol=1e-15)
+    with pytest.raises(ValueError, match="dampening"):
+        SGDHD(ours, momentum=0.9, nesterov=True, dampening=0.1)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgdhd_sparse_gradients_give_the_dense_result(momentum):
+    torch.manual_seed(0)
+    sparse = torch.nn.Embedding(6, 3, sparse=True, dtype=torch.float64)
+    dense = torch.nn.Embedding(6, 3, sparse=False, dtype=torch.float64)
+    dense.load_state_dict(sparse.state_dict())
+    opts = [SGDHD(m.parameters(), lr=0.1, hypergrad_lr=0.05, momentum=momentum) for m in (sparse, dense)]
+    for step in range(5):
+        index = torch.tensor([step % 6, (step + 2) % 6, 1])
+        for module, opt in zip((sparse, dense), opts):
+            opt.zero_grad()
+            (module(index) ** 2).sum().backward()
+            opt.step()
+        assert sparse.weight.grad.is_sparse
+        torch.testing.assert_close(sparse.weight, dense.weight, rtol=1e-14, atol=1e-15)
+        assert opts[0].param_groups[0]["lr"] == pytest.approx(opts[1].param_groups[0]["lr"], rel=1e-13)
+    assert opts[0].param_groups[0]["lr"] != 0.1  # the rate moved

@@ -28,10 +28,17 @@ def available() -> list[str]:
     return OPTIMIZERS.names()
 
 
+_POLICY = ("NonFiniteGradientWarning", "grads_finite", "warn_nonfinite_skip", "SparseGradientError")
+
+
 def __getattr__(name):
     if name in _CLASS_NAMES:
         return OPTIMIZERS.get(_CLASS_NAMES[name])
+    if name in _POLICY:  # the shared policies of l2o/optim/_base.py (non-finite and sparse gradients)
+        from l2o.optim import _base
+
+        return getattr(_base, name)
     raise AttributeError(f"module 'l2o.optim' has no attribute {name!r}")
 
 
-__all__ = ["OPTIMIZERS", "create", "available", *_CLASS_NAMES]
+__all__ = ["OPTIMIZERS", "create", "available", *_CLASS_NAMES, *_POLICY]

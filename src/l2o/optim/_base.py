@@ -11,6 +11,14 @@ Every optimizer in :mod:`l2o.optim` follows the same conventions as ``torch.opti
 * The step counter lives in ``state["step"]`` as a 0-dim float tensor (as in torch.optim), so
   ``state_dict`` round trips and ``torch.compile`` behave.
 * Sparse gradients raise :class:`SparseGradientError` (a ``RuntimeError``) naming the optimizer.
+* A non-finite gradient (NaN or ±inf in any entry of any parameter's gradient) skips the whole
+  step: no parameter and no state changes, and a :class:`NonFiniteGradientWarning` says so, as
+  mixed-precision training skips the step whose scaled gradients overflowed. One bad coordinate
+  would otherwise reach every parameter through the group-wide quantities some methods compute
+  (SGD-HD's and Adam-HD's hypergradient, YellowFin's tuner). Inside a ``torch.compile``d step
+  the check is not made (its host read-back would break the graph). :func:`grads_finite` and
+  :func:`warn_nonfinite_skip` are the two halves of that policy, for any optimizer (the learned
+  optimizer calls them too).
 
 Subclasses of :class:`L2OOptimizer` implement ``_step_group(group, params, grads)``, which
 receives, for one param group, only the parameters that have a gradient.
@@ -19,6 +27,7 @@ receives, for one param group, only the parameters that have a gradient.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from numbers import Real
@@ -28,6 +37,49 @@ import torch
 
 class SparseGradientError(RuntimeError):
     """Raised when an optimizer that only handles dense gradients gets a sparse one."""
+
+
+class NonFiniteGradientWarning(RuntimeWarning):
+    """Warned when a step is skipped because a gradient holds NaN or infinity."""
+
+
+def grads_finite(grads: Sequence[torch.Tensor | None]) -> bool:
+    """Whether every entry of every gradient is finite (``None`` gradients are ignored).
+
+    One reduction per (device, dtype) bucket (the largest magnitude of each tensor, which is
+    NaN or infinite exactly when some entry is) and one host synchronisation in all. Sparse
+    gradients are checked on their stored values.
+    """
+    dense: list[torch.Tensor] = []
+    for g in grads:
+        if g is None:
+            continue
+        if g.is_sparse:
+            g = g.coalesce().values()
+        if g.numel():
+            dense.append(g)
+    if not dense:
+        return True
+    maxima = []
+    for (bucket,) in group_by_device_and_dtype(dense):
+        maxima.extend(m.reshape(1) for m in torch._foreach_norm(bucket, math.inf))
+    largest = torch.cat([m.to(device="cpu", dtype=torch.float64) for m in maxima]) if len(
+        {m.device for m in maxima}) > 1 else torch.cat(maxima)
+    return bool(torch.isfinite(largest).all())
+
+
+def warn_nonfinite_skip(name: str, step) -> None:
+    """Warn that optimizer ``name`` skipped ``step`` because of a non-finite gradient.
+
+    Args:
+        name: the optimizer's name, as users know it.
+        step: the step number (an int, a 0-dim tensor, or None when unknown).
+    """
+    if isinstance(step, torch.Tensor):
+        step = int(step.item())
+    where = f" at step {step}" if step is not None else ""
+    warnings.warn(f"{name}: a gradient holds NaN or infinity{where}; the step was skipped (parameters and "
+                  "optimizer state unchanged)", NonFiniteGradientWarning, stacklevel=3)
 
 
 def _as_float(name: str, value) -> float:
@@ -227,7 +279,23 @@ class L2OOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads = self._params_with_grad(group)
+        work = [(group, *self._params_with_grad(group)) for group in self.param_groups]
+        # Inside a torch.compile'd step the check is left out: its host read-back would break the
+        # graph (a fullgraph compile fails); there a non-finite gradient propagates as in torch.optim.
+        if not torch.compiler.is_compiling() and not grads_finite([g for _, _, grads in work for g in grads]):
+            warn_nonfinite_skip(self.display_name or type(self).__name__, self._step_number(work))
+            return loss
+        for group, params, grads in work:
             self._step_group(group, params, grads)
         return loss
+
+    def _step_number(self, work) -> int | None:
+        """The number of the step being taken (1 for the first), for messages; None if unknown."""
+        for _, params, _ in work:
+            for p in params:
+                step = self.state[p].get("step") if p in self.state else None
+                if isinstance(step, torch.Tensor):
+                    return int(step.item()) + 1
+                if isinstance(step, (int, float)):
+                    return int(step) + 1
+        return None

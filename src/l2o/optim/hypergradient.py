@@ -32,6 +32,9 @@ def _hypergradient(grads: list[torch.Tensor], previous: list[torch.Tensor | None
 
 
 def _effective_grads(params, grads, weight_decay, maximize):
+    # A sparse gradient is made dense, as the reference code does: the hypergradient is a dot
+    # product with the previous (dense) direction, and the momentum buffer is dense anyway.
+    grads = [g.to_dense() if g.is_sparse else g for g in grads]
     if maximize:
         grads = [-g for g in grads]
     if weight_decay != 0:
@@ -54,31 +57,42 @@ class SGDHD(L2OOptimizer):
     :math:`\alpha` per group (the paper has a single global one; use one group for that).
     At the first step :math:`d_0` does not exist and :math:`\alpha` is left unchanged.
 
+    The momentum buffer follows ``torch.optim.SGD`` (and the reference code):
+    :math:`b_1 = g_1`, then :math:`b_t = \mu b_{t-1} + (1 - \text{dampening})\, g_t`. Sparse
+    gradients (e.g. ``nn.Embedding(sparse=True)``) are accepted and made dense first, as in the
+    reference code: the step costs what a dense gradient costs.
+
     Args:
         params: parameters or param groups.
         lr: the initial learning rate :math:`\alpha_0` (0 is allowed: the rate then grows from 0).
         hypergrad_lr: :math:`\beta`, the step size of the learning-rate update.
         momentum: heavy-ball momentum :math:`\mu` (0: plain SGD-HD).
-        nesterov: use Nesterov momentum (the paper's SGDN-HD).
+        dampening: dampening of the gradient in the momentum buffer (0, as ``torch.optim.SGD``).
+        nesterov: use Nesterov momentum (the paper's SGDN-HD; needs zero dampening).
         weight_decay: L2 penalty added to the gradient before everything else.
         maximize: maximise the objective instead.
         foreach: multi-tensor path (True), per-tensor loop (False) or the measured default (None).
     """
 
+    supports_sparse = True
+
     def __init__(self, params, lr: float = 1e-3, hypergrad_lr: float = 1e-3, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0, maximize: bool = False,
-                 foreach: bool | None = None):
+                 foreach: bool | None = None, dampening: float = 0.0):
         check_nonnegative("lr", lr)
         check_nonnegative("hypergrad_lr", hypergrad_lr)
         check_range("momentum", momentum, 0.0, 1.0, high_open=True)
+        check_range("dampening", dampening, 0.0, 1.0)
         check_bool("nesterov", nesterov)
         if nesterov and momentum == 0:
             raise ValueError(f"invalid nesterov: {nesterov!r} (Nesterov momentum needs momentum > 0)")
+        if nesterov and dampening != 0:
+            raise ValueError(f"invalid dampening: {dampening!r} (Nesterov momentum needs zero dampening)")
         check_nonnegative("weight_decay", weight_decay)
         check_bool("maximize", maximize)
         check_foreach(foreach)
-        defaults = dict(lr=float(lr), hypergrad_lr=hypergrad_lr, momentum=momentum, nesterov=nesterov,
-                        weight_decay=weight_decay, maximize=maximize, foreach=foreach)
+        defaults = dict(lr=float(lr), hypergrad_lr=hypergrad_lr, momentum=momentum, dampening=dampening,
+                        nesterov=nesterov, weight_decay=weight_decay, maximize=maximize, foreach=foreach)
         super().__init__(params, defaults)
 
     def _step_group(self, group, params, grads):
@@ -113,24 +127,30 @@ class SGDHD(L2OOptimizer):
                     p.add_(g, alpha=-lr)
             return
 
-        for state, g in zip(states, grads):
+        fresh = set()  # buffers created this step start at g (b_1 = g_1), undampened
+        for index, (state, g) in enumerate(zip(states, grads)):
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(g, memory_format=torch.preserve_format)
+                state["momentum_buffer"] = g.clone(memory_format=torch.preserve_format)
+                fresh.add(index)
                 if nesterov:
                     state["previous_direction"] = torch.empty_like(g, memory_format=torch.preserve_format)
         buffers = [s["momentum_buffer"] for s in states]
         directions = [s["previous_direction"] for s in states] if nesterov else buffers
+        keep = 1.0 - group.get("dampening", 0.0)
         if foreach:
-            for p_list, g_list, b_list, d_list in group_by_device_and_dtype(params, grads, buffers, directions):
+            old = [i for i in range(len(params)) if i not in fresh]
+            for b_list, g_list in group_by_device_and_dtype([buffers[i] for i in old], [grads[i] for i in old]):
                 torch._foreach_mul_(b_list, momentum)
-                torch._foreach_add_(b_list, g_list)
+                torch._foreach_add_(b_list, g_list, alpha=keep)
+            for p_list, g_list, b_list, d_list in group_by_device_and_dtype(params, grads, buffers, directions):
                 if nesterov:
                     torch._foreach_copy_(d_list, g_list)
                     torch._foreach_add_(d_list, b_list, alpha=momentum)
                 torch._foreach_add_(p_list, d_list, alpha=-lr)
         else:
-            for p, g, b, d in zip(params, grads, buffers, directions):
-                b.mul_(momentum).add_(g)
+            for index, (p, g, b, d) in enumerate(zip(params, grads, buffers, directions)):
+                if index not in fresh:
+                    b.mul_(momentum).add_(g, alpha=keep)
                 if nesterov:
                     torch.add(g, b, alpha=momentum, out=d)
                 p.add_(d, alpha=-lr)

@@ -7,11 +7,12 @@ See docs/methods/yellowfin.md for the equations, defaults, deviations and the ex
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from l2o.optim._base import (L2OOptimizer, check_bool, check_foreach, check_nonnegative, check_positive,
-                             check_range, group_by_device_and_dtype, resolve_foreach)
+                             check_range, group_by_device_and_dtype, resolve_foreach, warn_nonfinite_skip)
 
 _TINY = 1e-30  # below any meaningful squared gradient norm in float32 or float64
 
@@ -100,14 +101,26 @@ class YellowFin(L2OOptimizer):
 
     .. math::
         h_{\max} &\leftarrow \beta h_{\max} + (1-\beta)\max_{t-w<i\le t} h_i,\qquad
-        h_{\min} \leftarrow \beta h_{\min} + (1-\beta)\min_{t-w<i\le t} h_i \\
+        h_{\min} \leftarrow \beta h_{\min} + (1-\beta)\min_{t-w<i\le t} h_i
+        \quad(\text{of }\log h\text{ by default}) \\
         C &= \overline{\|g\|^2} - \|\bar g\|^2 \quad(\bar g,\ \overline{\|g\|^2}\text{ moving averages}) \\
         D &\leftarrow \beta D + (1-\beta)\,\overline{\|g\|}/\overline{h} \\
         \mu^*, \alpha^* &= \mathrm{SingleStep}(C, D, h_{\min}, h_{\max}),\quad
-        \mu \leftarrow \beta\mu + (1-\beta)\mu^*,\quad \alpha \leftarrow \beta\alpha + (1-\beta)\alpha^* \\
-        x_{t+1} &= x_t + \mu (x_t - x_{t-1}) - \eta\,\alpha\, g_t
+        \alpha^* \leftarrow \alpha^* \min(1, t / (10 w)) \quad(\text{slow start}) \\
+        x_{t+1} &= x_t + \mu^* (x_t - x_{t-1}) - \eta\,\alpha^* g_t
 
-    All moving averages are zero-debiased. :math:`\eta` is the group's ``lr``, a multiplier on
+    The statistics are zero-debiased moving averages (divided by :math:`1-\beta^t`). By default
+    the optimizer does what the authors' code does with its defaults, which is what the paper's
+    experiments ran (see docs/methods/yellowfin.md): the values tuned at each step are applied
+    as they are (``smoothed=False``), the curvature range is averaged in the log domain, the
+    tuned step warms up over ``10 w`` steps, the first step applies ``init_lr`` and
+    ``init_momentum`` untuned, the gradient the update uses is clipped to
+    :math:`\sqrt{h_{\max}}` and the one the statistics see to :math:`10\sqrt{h_{\max}}`, and one
+    step never moves farther than ``max_move`` (:math:`\eta\alpha\|g\| \le 100`).
+    :attr:`ALGORITHM_LISTING` turns all of that off: the paper's Algorithm 1 as printed, with
+    the :math:`\beta`-smoothed :math:`\mu \leftarrow \beta\mu + (1-\beta)\mu^*`,
+    :math:`\alpha \leftarrow \beta\alpha + (1-\beta)\alpha^*` applied (started at ``init_lr``,
+    ``init_momentum``; not zero-debiased). :math:`\eta` is the group's ``lr``, a multiplier on
     the tuned step (1 by default) that learning-rate schedulers can drive.
 
     **Closed loop** (``closed_loop=True``, for asynchronous training whose gradients are
@@ -119,17 +132,36 @@ class YellowFin(L2OOptimizer):
     :math:`\mu_{alg} \leftarrow \mu_{alg} + \gamma(\mu - \hat\mu_T)`, so that the total momentum
     tracks the tuned target. It keeps ``staleness + 2`` past displacements per parameter.
 
+    ``torch.compile(optimizer.step)`` runs the step eagerly (one warning, no recompiling): the tuner
+    is scalar arithmetic on the host with data-dependent branches, which would break the graph
+    and recompile on every new tuned value (benchmarks/yellowfin_compile.py measures both).
+
     Args:
         params: parameters or param groups.
-        lr: multiplier :math:`\eta` on the tuned learning rate (1.0 in the paper).
+        lr: multiplier :math:`\eta` on the tuned learning rate (the authors' ``lr_factor``, 1.0).
         beta: smoothing of every moving average (0.999 in the paper).
         curv_win_width: window :math:`w` of the curvature range (20 in the paper).
-        init_lr: initial tuned learning rate :math:`\alpha_0` (1e-4, as the paper's algorithm).
-        init_momentum: initial momentum :math:`\mu_0` (0, as the paper's algorithm).
+        init_lr: initial learning rate :math:`\alpha_0` (1e-4, the authors' default): applied on the
+            first step unless ``tune_first_step``, and the start of the smoothed :math:`\alpha`.
+        init_momentum: initial momentum :math:`\mu_0` (0, as the paper).
+        smoothed: apply the :math:`\beta`-smoothed :math:`\mu, \alpha` (the paper's listing) instead
+            of the values tuned at this step (the authors' code; default).
+        log_curvature: average :math:`\log h_{\min}` and :math:`\log h_{\max}` (the authors' code;
+            default) instead of :math:`h_{\min}, h_{\max}` (the paper's listing).
+        slow_start: multiply :math:`\alpha^*` by :math:`\min(1, t/(10w))` (the authors' code).
+        tune_first_step: tune and apply on the first step too (the first step is then
+            :math:`1/\|g_1\|` long); off by default, as in the authors' code, where the first step
+            applies ``init_lr`` and ``init_momentum``.
+        max_move: cap on the length :math:`\eta\alpha\|g\|` of a step's gradient term (the
+            PyTorch code's ``catastrophic_move_thresh``, 100); None for no cap.
+        adaptive_clip: factor k: from the second step, the gradient the update uses is clipped to
+            norm :math:`k\sqrt{h_{\max}}` (the previous step's :math:`h_{\max}`; the authors' adaptive
+            clipping, k = 1); None for none.
+        stat_clip: factor s: from the second step, the gradient is first clipped to
+            :math:`s\sqrt{h_{\max}}` before the statistics see it (the authors' "stat protection",
+            s = 10); None for none.
         clip_norm: if set, clip each step's gradient to this global norm (per group) before
             anything else sees it.
-        adaptive_clip: if set to a factor k, clip the gradient norm to :math:`k\sqrt{h_{\max}}`
-            (the authors' adaptive clipping; off by default). Skipped on a group's first step.
         weight_decay: L2 penalty added to the gradient.
         closed_loop: measure the total momentum and correct the applied momentum.
         staleness: age in steps of the gradients the optimizer receives (closed loop only).
@@ -137,9 +169,16 @@ class YellowFin(L2OOptimizer):
         foreach: multi-tensor path (True), per-tensor loop (False) or the measured default (None).
     """
 
+    #: The paper's Algorithm 1 as printed: smoothed values applied, linear curvature averages,
+    #: no warm-up, tuned from the first step, no clipping and no step cap.
+    ALGORITHM_LISTING = dict(smoothed=True, log_curvature=False, slow_start=False, tune_first_step=True,
+                             max_move=None, adaptive_clip=None, stat_clip=None)
+
     def __init__(self, params, lr: float = 1.0, beta: float = 0.999, curv_win_width: int = 20,
-                 init_lr: float = 1e-4, init_momentum: float = 0.0, clip_norm: float | None = None,
-                 adaptive_clip: float | None = None, weight_decay: float = 0.0, closed_loop: bool = False,
+                 init_lr: float = 1e-4, init_momentum: float = 0.0, smoothed: bool = False,
+                 log_curvature: bool = True, slow_start: bool = True, tune_first_step: bool = False,
+                 max_move: float | None = 100.0, adaptive_clip: float | None = 1.0, stat_clip: float | None = 10.0,
+                 clip_norm: float | None = None, weight_decay: float = 0.0, closed_loop: bool = False,
                  staleness: int = 0, feedback_gain: float = 0.01, foreach: bool | None = None):
         check_nonnegative("lr", lr)
         check_range("beta", beta, 0.0, 1.0, high_open=True)
@@ -147,21 +186,51 @@ class YellowFin(L2OOptimizer):
             raise ValueError(f"invalid curv_win_width: {curv_win_width!r} (expected an integer >= 1)")
         check_positive("init_lr", init_lr)
         check_range("init_momentum", init_momentum, 0.0, 1.0, high_open=True)
-        if clip_norm is not None:
-            check_positive("clip_norm", clip_norm)
-        if adaptive_clip is not None:
-            check_positive("adaptive_clip", adaptive_clip)
+        for name, value in (("smoothed", smoothed), ("log_curvature", log_curvature), ("slow_start", slow_start),
+                            ("tune_first_step", tune_first_step), ("closed_loop", closed_loop)):
+            check_bool(name, value)
+        for name, value in (("max_move", max_move), ("adaptive_clip", adaptive_clip), ("stat_clip", stat_clip),
+                            ("clip_norm", clip_norm)):
+            if value is not None:
+                check_positive(name, value)
         check_nonnegative("weight_decay", weight_decay)
-        check_bool("closed_loop", closed_loop)
         if isinstance(staleness, bool) or not isinstance(staleness, int) or staleness < 0:
             raise ValueError(f"invalid staleness: {staleness!r} (expected an integer >= 0)")
         check_range("feedback_gain", feedback_gain, 0.0, 1.0)
         check_foreach(foreach)
         defaults = dict(lr=lr, beta=beta, curv_win_width=curv_win_width, init_lr=init_lr,
-                        init_momentum=init_momentum, clip_norm=clip_norm, adaptive_clip=adaptive_clip,
+                        init_momentum=init_momentum, smoothed=smoothed, log_curvature=log_curvature,
+                        slow_start=slow_start, tune_first_step=tune_first_step, max_move=max_move,
+                        adaptive_clip=adaptive_clip, stat_clip=stat_clip, clip_norm=clip_norm,
                         weight_decay=weight_decay, closed_loop=closed_loop, staleness=staleness,
                         feedback_gain=feedback_gain, foreach=foreach)
         super().__init__(params, defaults)
+
+    def step(self, closure=None):
+        """Perform one optimisation step (always eagerly; see the class docstring on compiling).
+
+        Args:
+            closure: re-evaluates the model and returns the loss (called with gradients enabled).
+
+        Returns:
+            The closure's loss, or None.
+        """
+        # While torch.compile traces this frame, is_compiling() is True and the call below runs
+        # eagerly: no graph breaks inside the tuner, and nothing to recompile on.
+        return self._eager_step(closure, torch.compiler.is_compiling())
+
+    @torch.compiler.disable
+    def _eager_step(self, closure, compiling: bool):
+        if compiling and not getattr(self, "_warned_compile", False):
+            self._warned_compile = True
+            warnings.warn("YellowFin.step is not compiled: its tuner is scalar host arithmetic with data-dependent "
+                          "branches, which would break the graph and recompile on every new tuned value; the step "
+                          "runs eagerly", UserWarning, stacklevel=3)
+        return L2OOptimizer.step(self, closure)
+
+    def _step_number(self, work) -> int | None:
+        groups = [group for group, params, _ in work if params]
+        return self._tuner(groups[0])["yf_step"] + 1 if groups else None
 
     # -- tuner state: plain Python numbers kept in the state of the group's first parameter, so
     # -- state_dict round trips (and weights_only loading) need nothing special.
@@ -169,26 +238,33 @@ class YellowFin(L2OOptimizer):
     def _tuner(self, group: dict) -> dict:
         state = self.state[group["params"][0]]
         if "yf_step" not in state:
+            lr0, mu0 = float(group["init_lr"]), float(group["init_momentum"])
             state.update(yf_step=0, yf_window=[], yf_h_max=0.0, yf_h_min=0.0, yf_sq_norm=0.0, yf_norm=0.0,
-                         yf_dist=0.0, yf_lr=float(group["init_lr"]), yf_momentum=float(group["init_momentum"]),
-                         yf_applied_momentum=float(group["init_momentum"]), yf_total_momentum=float("nan"),
-                         yf_variance=0.0, yf_h_min_debiased=0.0, yf_h_max_debiased=0.0, yf_distance=0.0,
-                         yf_step_sizes=[])
+                         yf_dist=0.0, yf_lr=lr0, yf_momentum=mu0, yf_lr_t=lr0, yf_momentum_t=mu0,
+                         yf_applied_lr=lr0, yf_applied_momentum=mu0, yf_momentum_target=mu0, yf_step_size=0.0,
+                         yf_total_momentum=float("nan"), yf_variance=0.0, yf_h_min_debiased=0.0,
+                         yf_h_max_debiased=0.0, yf_distance=0.0, yf_step_sizes=[])
         return state
 
     def tuner_state(self, group_index: int = 0) -> dict[str, float]:
         """The tuner's current numbers for a param group (for logging and plots).
 
-        Keys: ``lr`` (tuned :math:`\\alpha`, before the ``lr`` multiplier), ``momentum`` (tuned
-        target :math:`\\mu`), ``applied_momentum`` (what the update uses; equals ``momentum``
-        in open loop), ``total_momentum`` (measured, closed loop only, else NaN), ``h_min``,
-        ``h_max``, ``variance``, ``distance``, ``step``.
+        Keys: ``lr`` (the :math:`\\alpha` the last update used, before the ``lr`` multiplier and
+        the ``max_move`` cap: tuned or smoothed as ``smoothed`` says), ``momentum`` (the tuned
+        target :math:`\\mu`, likewise), ``applied_momentum`` (what the update uses; equals
+        ``momentum`` in open loop), ``step_size`` (:math:`\\eta\\alpha` after the cap),
+        ``tuned_lr``/``tuned_momentum`` (this step's :math:`\\alpha^*, \\mu^*`),
+        ``smoothed_lr``/``smoothed_momentum``, ``total_momentum`` (measured, closed loop only,
+        else NaN), ``h_min``, ``h_max``, ``variance``, ``distance``, ``step``.
         """
         state = self._tuner(self.param_groups[group_index])
-        return {"lr": state["yf_lr"], "momentum": state["yf_momentum"],
-                "applied_momentum": state["yf_applied_momentum"], "total_momentum": state["yf_total_momentum"],
-                "h_min": state["yf_h_min_debiased"], "h_max": state["yf_h_max_debiased"],
-                "variance": state["yf_variance"], "distance": state["yf_distance"], "step": state["yf_step"]}
+        return {"lr": state["yf_applied_lr"], "momentum": state["yf_momentum_target"],
+                "applied_momentum": state["yf_applied_momentum"], "step_size": state["yf_step_size"],
+                "tuned_lr": state["yf_lr_t"], "tuned_momentum": state["yf_momentum_t"],
+                "smoothed_lr": state["yf_lr"], "smoothed_momentum": state["yf_momentum"],
+                "total_momentum": state["yf_total_momentum"], "h_min": state["yf_h_min_debiased"],
+                "h_max": state["yf_h_max_debiased"], "variance": state["yf_variance"],
+                "distance": state["yf_distance"], "step": state["yf_step"]}
 
     def _step_group(self, group, params, grads):
         if not params:
@@ -197,6 +273,7 @@ class YellowFin(L2OOptimizer):
         foreach = resolve_foreach(group["foreach"], params, cpu_default=True)
         tuner = self._tuner(group)
         first = tuner["yf_step"] == 0
+        h_max_before = tuner["yf_h_max_debiased"]
         if group["weight_decay"] != 0:
             if foreach:
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
@@ -206,33 +283,39 @@ class YellowFin(L2OOptimizer):
         threshold = math.inf
         if group["clip_norm"] is not None:
             threshold = group["clip_norm"]
-        if group["adaptive_clip"] is not None and not first:
-            threshold = min(threshold, group["adaptive_clip"] * math.sqrt(tuner["yf_h_max_debiased"]))
-        if sq_norm > threshold ** 2:
-            scale = threshold / math.sqrt(sq_norm)
-            grads = torch._foreach_mul(grads, scale) if foreach else [g * scale for g in grads]
-            sq_norm = _sq_norm(grads, foreach)
+        if group["stat_clip"] is not None and not first:
+            threshold = min(threshold, group["stat_clip"] * math.sqrt(h_max_before))
+        grads, sq_norm = _clip(grads, sq_norm, threshold, foreach)
+        if not math.isfinite(sq_norm):  # finite entries whose squares overflow: nothing to tune on
+            warn_nonfinite_skip("YellowFin", tuner["yf_step"] + 1)
+            return
 
-        grad_avgs = []
+        buffers = []
         for p in params:
             state = self.state[p]
             if "grad_avg" not in state:
                 state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            grad_avgs.append(state["grad_avg"])
-        beta = group["beta"]
-        if foreach:
-            for g_list, a_list in group_by_device_and_dtype(grads, grad_avgs):
-                torch._foreach_lerp_(a_list, g_list, 1.0 - beta)
-        else:
-            for g, a in zip(grads, grad_avgs):
-                a.lerp_(g, 1.0 - beta)
-        grad_avg_sq_norm = _sq_norm(grad_avgs, foreach)
-        self._update_tuner(group, tuner, sq_norm, grad_avg_sq_norm)
+            buffers.append(state["momentum_buffer"])
+        if sq_norm > 0.0:  # an exactly zero gradient says nothing about curvature, variance or distance
+            grad_avgs = [self.state[p]["grad_avg"] for p in params]
+            beta = group["beta"]
+            if foreach:
+                for g_list, a_list in group_by_device_and_dtype(grads, grad_avgs):
+                    torch._foreach_lerp_(a_list, g_list, 1.0 - beta)
+            else:
+                for g, a in zip(grads, grad_avgs):
+                    a.lerp_(g, 1.0 - beta)
+            self._update_tuner(group, tuner, sq_norm, _sq_norm(grad_avgs, foreach))
 
-        step_size = group["lr"] * tuner["yf_lr"]
+        lr = tuner["yf_applied_lr"]
+        step_size = group["lr"] * lr
+        if group["max_move"] is not None and step_size * math.sqrt(sq_norm) > group["max_move"]:
+            step_size = group["max_move"] / math.sqrt(sq_norm)
+        tuner["yf_step_size"] = step_size
+        if group["adaptive_clip"] is not None and not first:
+            grads, _ = _clip(grads, sq_norm, group["adaptive_clip"] * math.sqrt(h_max_before), foreach)
         momentum = tuner["yf_applied_momentum"]
-        buffers = [self.state[p]["momentum_buffer"] for p in params]
         closed = group["closed_loop"]
         before = [p.clone() for p in params] if closed else None
         # Heavy ball: v <- mu v - eta alpha g; x <- x + v  (x_{t+1} = x_t + mu (x_t - x_{t-1}) - eta alpha g_t).
@@ -248,38 +331,50 @@ class YellowFin(L2OOptimizer):
         if closed:
             self._close_loop(group, tuner, params, grads, before, step_size)
 
-    # Pure Python arithmetic on floats: nothing for torch.compile to gain, and tracing it would
-    # only specialise (and recompile) on every new value.
-    @torch.compiler.disable
     def _update_tuner(self, group: dict, tuner: dict, sq_norm: float, grad_avg_sq_norm: float) -> None:
         beta = group["beta"]
         tuner["yf_step"] += 1
-        debias = 1.0 - beta ** tuner["yf_step"]
-        if not math.isfinite(sq_norm):
-            return  # a non-finite gradient would poison every average: keep the old values
+        step = tuner["yf_step"]
+        debias = 1.0 - beta ** step
         window = tuner["yf_window"]
         window.append(sq_norm)
         del window[: -group["curv_win_width"]]
-        tuner["yf_h_max"] = beta * tuner["yf_h_max"] + (1.0 - beta) * max(window)
-        tuner["yf_h_min"] = beta * tuner["yf_h_min"] + (1.0 - beta) * min(window)
+        high, low = max(window), min(window)
+        if group["log_curvature"]:
+            high, low = math.log(high), math.log(low)
+        tuner["yf_h_max"] = beta * tuner["yf_h_max"] + (1.0 - beta) * high
+        tuner["yf_h_min"] = beta * tuner["yf_h_min"] + (1.0 - beta) * low
         tuner["yf_sq_norm"] = beta * tuner["yf_sq_norm"] + (1.0 - beta) * sq_norm
         tuner["yf_norm"] = beta * tuner["yf_norm"] + (1.0 - beta) * math.sqrt(sq_norm)
-        if tuner["yf_sq_norm"] > _TINY:
-            # Both averages carry the same bias factor, which cancels in the ratio.
-            tuner["yf_dist"] = beta * tuner["yf_dist"] + (1.0 - beta) * tuner["yf_norm"] / tuner["yf_sq_norm"]
+        # Both averages carry the same bias factor, which cancels in the ratio.
+        tuner["yf_dist"] = beta * tuner["yf_dist"] + (1.0 - beta) * tuner["yf_norm"] / tuner["yf_sq_norm"]
         h_max, h_min = tuner["yf_h_max"] / debias, tuner["yf_h_min"] / debias
+        if group["log_curvature"]:
+            h_max, h_min = math.exp(h_max), math.exp(h_min)
         # C = sum(avg(g^2) - avg(g)^2); rounding can make it slightly negative.
         variance = max(tuner["yf_sq_norm"] / debias - grad_avg_sq_norm / debias ** 2, 0.0)
         distance = tuner["yf_dist"] / debias
         tuner.update(yf_h_min_debiased=h_min, yf_h_max_debiased=h_max, yf_variance=variance, yf_distance=distance)
-        tuned = single_step(h_min, h_max, variance, distance)
-        if tuned is None:
-            return
-        mu_star, alpha_star = tuned
-        tuner["yf_momentum"] = beta * tuner["yf_momentum"] + (1.0 - beta) * mu_star
-        tuner["yf_lr"] = beta * tuner["yf_lr"] + (1.0 - beta) * alpha_star
+        if step > 1 or group["tune_first_step"]:
+            tuned = self._tune(h_min, h_max, variance, distance)
+            if tuned is not None:
+                mu_star, alpha_star = tuned
+                if group["slow_start"]:
+                    alpha_star *= min(1.0, step / (10.0 * group["curv_win_width"]))
+                tuner["yf_momentum_t"], tuner["yf_lr_t"] = mu_star, alpha_star
+            tuner["yf_momentum"] = beta * tuner["yf_momentum"] + (1.0 - beta) * tuner["yf_momentum_t"]
+            tuner["yf_lr"] = beta * tuner["yf_lr"] + (1.0 - beta) * tuner["yf_lr_t"]
+        smoothed = group["smoothed"]
+        target = tuner["yf_momentum"] if smoothed else tuner["yf_momentum_t"]
+        tuner["yf_momentum_target"] = target
+        tuner["yf_applied_lr"] = tuner["yf_lr"] if smoothed else tuner["yf_lr_t"]
         if not group["closed_loop"]:
-            tuner["yf_applied_momentum"] = tuner["yf_momentum"]
+            tuner["yf_applied_momentum"] = target
+
+    def _tune(self, h_min: float, h_max: float, variance: float, distance: float) -> tuple[float, float] | None:
+        """SingleStep on the measured statistics (a method so that experiments can substitute
+        measurements, e.g. the true curvature range, and see what each one does)."""
+        return single_step(h_min, h_max, variance, distance)
 
     def _close_loop(self, group, tuner, params, grads, before, step_size) -> None:
         """Measure the total momentum from the trajectory and correct the applied momentum."""
@@ -305,7 +400,7 @@ class YellowFin(L2OOptimizer):
         if total is None:
             return
         tuner["yf_total_momentum"] = total
-        corrected = tuner["yf_applied_momentum"] + group["feedback_gain"] * (tuner["yf_momentum"] - total)
+        corrected = tuner["yf_applied_momentum"] + group["feedback_gain"] * (tuner["yf_momentum_target"] - total)
         # Keep the applied momentum where the heavy-ball update is defined and stable.
         tuner["yf_applied_momentum"] = min(max(corrected, -0.999), 0.999)
 
@@ -332,6 +427,15 @@ def measure_total_momentum(displacement: torch.Tensor, previous_displacement: to
     ratios = (displacement[usable] + step_size * grad[usable]) / previous_displacement[usable]
     total = float(torch.median(ratios))
     return total if math.isfinite(total) else None
+
+
+def _clip(grads: list[torch.Tensor], sq_norm: float, threshold: float, foreach: bool):
+    """Scale ``grads`` (of squared norm ``sq_norm``) down to norm ``threshold`` if above it."""
+    if not sq_norm > threshold ** 2:
+        return grads, sq_norm
+    scale = threshold / math.sqrt(sq_norm)
+    grads = torch._foreach_mul(grads, scale) if foreach else [g * scale for g in grads]
+    return grads, _sq_norm(grads, foreach)
 
 
 def _sq_norm(tensors: list[torch.Tensor], foreach: bool) -> float:
