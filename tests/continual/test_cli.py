@@ -73,3 +73,12 @@ def test_every_method_learns_the_first_task():
         assert not res["diverged"]
     with pytest.raises(ValueError, match="unknown method"):
         make_method("lwf")
+
+
+@pytest.mark.parametrize("name", list(runner.METHODS))
+def test_a_task_id_never_seen_is_refused(name):
+    stream = make_tiny_stream(tasks=2, multi_head=name == "sgd")
+    method = make_method(name, lr=0.1, hidden=(4,))
+    method.setup(stream, seed=0)
+    with pytest.raises(ValueError, match="never seen"):
+        method.logits(stream[0].x_test, 2)

@@ -96,8 +96,15 @@ class Method:
     def end_task(self, stream, t: int, generator: torch.Generator) -> None:
         pass
 
+    def check_task(self, t) -> None:
+        """ValueError unless ``t`` is the id of a task of the stream the method was set up for."""
+        n = len(self.stream)
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n:
+            raise ValueError(f"task id {t!r} never seen: the stream has tasks 0..{n - 1}")
+
     @torch.no_grad()
     def logits(self, x: Tensor, t: int) -> Tensor:
+        self.check_task(t)
         self.model.eval()
         out = self.model(x.to(self.dtype), t)
         self.model.train()
