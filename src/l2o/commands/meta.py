@@ -209,6 +209,8 @@ def _train(args) -> int:
     from l2o.meta import distributed
 
     rank, world = distributed.init_from_env(device) if distributed.launched() else (0, 1)
+    if distributed.launched() and device.type == "cuda" and device.index is None:  # one GPU per process
+        device = torch.device("cuda", torch.cuda.current_device())
     if distributed.launched():  # torchrun: rank 0 alone checks (and with --force clears) --out
         distributed.on_root(lambda: _check_out(args))
     else:

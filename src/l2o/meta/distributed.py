@@ -207,7 +207,8 @@ class DistributedMetaTrainer(MetaTrainer):
         if self._sharded() and self.config.meta_loss == "log_ratio":
             weight = len(_share(self.config.batch_size, self.rank, self._world)) / self.config.batch_size
         packed = torch.cat([grad.detach().reshape(-1).double() * weight,
-                            torch.tensor([value * weight, 0.0 if finite else 1.0], dtype=torch.float64)])
+                            torch.tensor([value * weight, 0.0 if finite else 1.0], dtype=torch.float64,
+                                         device=grad.device)])
         dist.all_reduce(packed)
         return packed[:-2].to(grad.dtype), float(packed[-2]), bool(packed[-1] == 0)
 
