@@ -2,7 +2,7 @@
 plot``), and a learned optimizer's training curves against tuned Adam (``l2o meta eval --plot``).
 
 ``MetaTrainer`` appends to ``OUT/history.jsonl`` at every checkpoint: every 10 outer steps the
-mean meta-loss of those steps (``{"step", "meta_loss", "inner_steps", "seconds"}``), and each
+mean meta-loss of those steps (``{"step", "meta_loss", "world_size"}``), and each
 validation (``{"step", "val"}``). A rollback or a resume can write a step again; the later row
 wins, since it belongs to the run that went on from there.
 """
