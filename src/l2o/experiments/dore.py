@@ -37,9 +37,9 @@ def _config(quick: bool, seeds: int | None) -> dict:
             "digits_logistic": {"kwargs": {"workers": 4, "batch_size": 32}, "steps": 30, "grid": [0.5]},
             "digits_mlp": {"kwargs": {"workers": 4, "batch_size": 32, "hidden": 32}, "steps": 20, "grid": [0.3]}}}
     return {"seeds": seeds or 2, "ls_steps": 300, "problems": {
-        "digits_logistic": {"kwargs": {"workers": 4, "batch_size": 32}, "steps": 150, "grid": [0.3, 1.0, 3.0]},
+        "digits_logistic": {"kwargs": {"workers": 4, "batch_size": 32}, "steps": 150, "grid": [0.3, 1.0, 3.0, 10.0]},
         "digits_mlp": {"kwargs": {"workers": 8, "batch_size": 32, "hidden": 32}, "steps": 100,
-                       "grid": [0.3, 0.6, 1.0, 2.0]}}}
+                       "grid": [0.1, 0.3, 0.6, 1.0, 2.0]}}}
 
 
 def _run_cached(out: Path, key: str, resume: bool, fn):
