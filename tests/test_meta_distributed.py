@@ -15,12 +15,13 @@ import pytest
 TINY = ["--task", "regression", "--widths", "4", "--depths", "1", "--batch-sizes", "8", "--horizon", "10:20",
         "--unroll", "5", "--batch", "4", "--groups", "2", "--hidden", "4", "--val-steps", "5", "--no-progress",
         "--threads", "1", "--checkpoint-every", "2", "--val-every", "2"]
-RUNS = {"bptt": [*TINY, "--steps", "4"], "es": [*TINY, "--estimator", "es", "--pairs", "3", "--steps", "3"]}
+RUNS = {"bptt": [*TINY, "--steps", "4"], "es": [*TINY, "--estimator", "es", "--pairs", "3", "--steps", "3"],
+        "pes": [*TINY, "--estimator", "pes", "--pairs", "3", "--steps", "4"]}
 TIMEOUT = 180
 
 
 def _worker(rank: int, out: Path) -> None:
-    """One rank: the CLI runs of RUNS, a refused PES run, then LearnedOptimizer under DDP and FSDP."""
+    """One rank: the CLI runs of RUNS, a refused run (fewer ES pairs than processes), then LearnedOptimizer under DDP and FSDP."""
     import torch
     import torch.distributed as dist
 
@@ -30,8 +31,8 @@ def _worker(rank: int, out: Path) -> None:
     report: dict = {"rc": {}}
     for name, args in RUNS.items():
         report["rc"][name] = main(["meta", "train", *args, "--out", str(out / f"{name}2")])
-    report["rc"]["pes"] = main(["meta", "train", *TINY, "--estimator", "pes", "--pairs", "2", "--steps", "1",
-                                "--out", str(out / "pes2")])
+    report["rc"]["refused"] = main(["meta", "train", *TINY, "--estimator", "es", "--pairs", "1", "--steps", "1",
+                                    "--out", str(out / "refused")])
 
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -150,20 +151,23 @@ def test_resume_with_another_number_of_processes(runs, tmp_path):
     from l2o.cli import main
 
     out, _, _ = runs
-    for name in ("bptt1", "bptt2"):
-        shutil.copytree(out / name, tmp_path / name)
-        assert main(["meta", "train", *TINY, "--steps", "6", "--resume", "--out", str(tmp_path / name)]) == 0
-    one, two = _weights(tmp_path / "bptt1" / "weights.safetensors"), _weights(tmp_path / "bptt2" / "weights.safetensors")
-    for key in one:
-        assert (one[key] - two[key]).abs().max() <= 1e-5 * (1 + one[key].abs().max()), key
-    rows = [json.loads(line) for line in (tmp_path / "bptt2" / "history.jsonl").read_text().splitlines()]
-    assert {row["step"]: row["world_size"] for row in rows if "val" in row} == {2: 2, 4: 2, 6: 1}
+    for estimator in ("bptt", "pes"):
+        for name in (f"{estimator}1", f"{estimator}2"):
+            shutil.copytree(out / name, tmp_path / name)
+            assert main(["meta", "train", *RUNS[estimator][:-1], "6", "--resume", "--out", str(tmp_path / name)]) == 0
+        one = _weights(tmp_path / f"{estimator}1" / "weights.safetensors")
+        two = _weights(tmp_path / f"{estimator}2" / "weights.safetensors")
+        for key in one:
+            assert (one[key] - two[key]).abs().max() <= 1e-5 * (1 + one[key].abs().max()), (estimator, key)
+        rows = [json.loads(line) for line in (tmp_path / f"{estimator}2" / "history.jsonl").read_text().splitlines()]
+        assert {row["step"]: row["world_size"] for row in rows if "val" in row} == {2: 2, 4: 2, 6: 1}
 
 
-def test_pes_is_refused_clearly_on_every_rank(runs):
+def test_fewer_pairs_than_processes_refused_clearly_on_every_rank(runs):
     _, reports, logs = runs
-    assert all(r["rc"]["pes"] == 2 for r in reports)
-    assert all("PES is not data-parallel" in log for log in logs.values())
+    assert all(r["rc"]["refused"] == 2 for r in reports)
+    assert all("l2o: error: data-parallel ES splits the 1 antithetic pairs over the 2 processes" in log
+               for log in logs.values())
 
 
 def test_learned_optimizer_under_ddp_keeps_ranks_identical(runs):

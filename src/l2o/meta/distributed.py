@@ -8,11 +8,11 @@ processes of a process group:
   the instances one process would have drawn for those slots). Its meta-loss is weighted by its
   share of the batch (the mean log ratio is a mean over instances; the sum of losses a sum) and
   the meta-gradients are all-reduced (summed).
-- ES: every rank keeps the whole (unperturbed) episode and evaluates only its share of the
-  antithetic pairs (:func:`l2o.meta.estimators.base.pair_share`); the others' losses enter as
-  zeros, so the local estimate is the partial sum and the all-reduce completes it.
-- PES is refused for now: its particles would live on different ranks and a checkpoint would
-  have to gather them.
+- ES and PES: every rank keeps the whole (unperturbed) episode and evaluates only its share of
+  the antithetic pairs (:func:`l2o.meta.estimators.base.pair_share`); the others' losses enter
+  as zeros, so the local estimate is the partial sum and the all-reduce completes it. PES's
+  particles persist across truncations: a rank advances only its own (the others' just count
+  the steps), and a checkpoint gathers each particle from the rank that owns it.
 
 Every rank then takes the same clipped Adam step from the same all-reduced gradient (gloo's
 all-reduce hands every rank the same bits), so the rule's weights stay identical. Validation runs
@@ -132,6 +132,9 @@ class _ShareUnroll(EpisodeUnroll):
             return super().forward(thetas, episodes)
         rows = self.mine + [self.pairs + i for i in self.mine]
         losses = torch.zeros(len(thetas), dtype=thetas.dtype, device=thetas.device)
+        for i, episode in enumerate(episodes):  # another rank's particles: only their progress
+            if i not in rows:
+                episode.step += self.steps
         if not rows:
             return losses, True
         mine, finite = super().forward(thetas[rows], [episodes[i] for i in rows])
@@ -163,15 +166,12 @@ class DistributedMetaTrainer(MetaTrainer):
         self.rank, self._world = dist.get_rank(), dist.get_world_size()
         super().__init__(*args, **kwargs)
         cfg = self.config
-        if cfg.estimator == "pes" and self._world > 1:
-            raise ValueError("PES is not data-parallel yet (its particles would be split over the ranks); run it in one "
-                             "process, or use --estimator bptt or es under torchrun")
         if cfg.estimator == "bptt":
             if cfg.batch_size is None or cfg.batch_size < self._world:
                 raise ValueError(f"data-parallel BPTT splits each episode's task batch over the {self._world} "
                                  f"processes: --batch must be at least {self._world}, got {cfg.batch_size}")
         elif cfg.pairs < self._world:
-            raise ValueError(f"data-parallel ES splits the {cfg.pairs} antithetic pairs over the {self._world} "
+            raise ValueError(f"data-parallel {cfg.estimator.upper()} splits the {cfg.pairs} antithetic pairs over the {self._world} "
                              f"processes: --pairs must be at least {self._world}")
         if self.checkpointer is not None:
             self.checkpointer = _RootCheckpointer(self.checkpointer, self.rank)
@@ -198,7 +198,7 @@ class DistributedMetaTrainer(MetaTrainer):
 
     def _make_unroll(self, steps: int) -> EpisodeUnroll:
         args = (self.rule, self._scratch, self.meta_loss, steps, self.config.second_order)
-        if self.config.estimator == "es":
+        if self.config.estimator in ("es", "pes"):
             return _ShareUnroll(*args, pairs=self.config.pairs, rank=self.rank, world=self._world)
         return super()._make_unroll(steps)
 
@@ -222,6 +222,8 @@ class DistributedMetaTrainer(MetaTrainer):
         return shard_episode(episode, self.rank, self._world) if self._sharded() else episode
 
     def _snapshot(self):
+        if self.config.estimator == "pes":
+            return self._pes_snapshot()
         if not self._sharded():
             return super()._snapshot()
         local = [None if s is None else s.episode.to_tensors("e/") for s in self.groups]
@@ -247,6 +249,38 @@ class DistributedMetaTrainer(MetaTrainer):
             return super()._snapshot()
         finally:
             self.groups = mine
+
+    def _pes_snapshot(self):
+        owned, gathered = _gathered_particles(self)
+        mine, whole = self.groups, []
+        for i, state in enumerate(mine):
+            if state is None:
+                whole.append(None)
+                continue
+            particles = list(state.particles)
+            tasks = None
+            for r in range(self._world):
+                for j, (t, m) in gathered[r][i].items():
+                    if r == self.rank:
+                        continue
+                    tasks = tasks or self._episode_tasks(int(m["index"]))[0]
+                    particles[j] = Episode.from_tensors(tasks, t, m, "p/", stacked=self.config.batch_size is not None,
+                                                        device=particles[j].device, adapt=self.config.adapt)
+            whole.append(dataclasses.replace(state, particles=particles))
+        self.groups = whole
+        try:
+            return super()._snapshot()
+        finally:
+            self.groups = mine
+
+
+def _gathered_particles(trainer: DistributedMetaTrainer):
+    pairs = trainer.config.pairs
+    owned = [j for i in pair_share(pairs, trainer.rank, trainer._world) for j in (i, pairs + i)]
+    local = [None if s is None else {j: s.particles[j].to_tensors("p/") for j in owned} for s in trainer.groups]
+    gathered: list = [None] * trainer._world
+    dist.all_gather_object(gathered, local)
+    return owned, gathered
 
 
 def _share_list(items: list, rank: int, world: int) -> list:

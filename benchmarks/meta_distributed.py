@@ -1,0 +1,111 @@
+"""Meta-training throughput with 1 and 2 processes (torchrun, gloo on the CPU).
+
+Runs ``torchrun --standalone --nproc_per_node=N --no-python l2o meta train ...`` for N = 1, 2
+(each process one thread), reads the summary line (inner steps per second over the outer
+steps, validation excluded), measures the gloo all-reduce of the packed meta-gradient (the
+rule's weights, float64, plus 2 numbers) in the same run, and writes
+benchmarks/results/meta_distributed.json with the CPU's vector extensions.
+
+    python benchmarks/meta_distributed.py [--steps 30] [--batch 8] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLREDUCE = """
+import sys, time, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+n = int(sys.argv[1]); x = torch.zeros(n, dtype=torch.float64)
+for _ in range(20): dist.all_reduce(x)
+dist.barrier(); t = time.perf_counter()
+for _ in range(200): dist.all_reduce(x)
+dt = (time.perf_counter() - t) / 200
+if dist.get_rank() == 0: print(dt)
+dist.destroy_process_group()
+"""
+
+
+def cpu_flags() -> list[str]:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("avx512f", "avx2") if f in flags.split()]
+
+
+def torchrun(n: int, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                           *args], capture_output=True, text=True, env=env, timeout=1800, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="outer steps per run")
+    parser.add_argument("--batch", type=int, default=8, help="task instances per episode (split over the processes)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per process count (the best is kept)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "meta_distributed.json"))
+    args = parser.parse_args()
+    train = ["--task", "regression", "--widths", "32", "--depths", "2", "--batch-sizes", "32", "--horizon", "100",
+             "--unroll", "10", "--batch", str(args.batch), "--groups", "2", "--steps", str(args.steps),
+             "--val-every", "0", "--checkpoint-every", str(args.steps), "--no-progress", "--threads", "1"]
+    runs: dict[str, list[dict]] = {}
+    dim = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for n in (1, 2):
+                out = Path(tmp) / f"n{n}r{repeat}"
+                proc = torchrun(n, ["--no-python", "l2o", "meta", "train", *train, "--out", str(out)])
+                line = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"outer_steps"')][-1]
+                runs.setdefault(str(n), []).append(json.loads(line))
+                if dim is None:
+                    from safetensors.torch import load_file
+
+                    dim = sum(t.numel() for t in load_file(out / "weights.safetensors").values())
+    nbytes = (dim + 2) * 8
+    script = Path(tempfile.mkstemp(suffix=".py")[1])
+    script.write_text(ALLREDUCE)
+    try:
+        allreduce_s = float(torchrun(2, [str(script), str(dim + 2)]).stdout.strip().splitlines()[-1])
+    finally:
+        script.unlink()
+    best = {n: max(r["inner_steps_per_second"] for r in rs) for n, rs in runs.items()}
+    result = {
+        "benchmark": "meta_distributed",
+        "command": "python benchmarks/meta_distributed.py " + " ".join(sys.argv[1:]),
+        "train_args": train,
+        "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "platform": platform.platform(),
+        "note": "shared machine: other jobs ran at the same time, so absolute numbers and the ratio are noisy",
+        "inner_steps_per_second": best,
+        "runs": runs,
+        "speedup_2_over_1": best["2"] / best["1"],
+        "outer_step_seconds": {n: args.batch * 10 / ips for n, ips in best.items()},  # unroll 10 x batch
+        "meta_parameters": dim,
+        "allreduce_bytes_per_outer_step": nbytes,
+        "allreduce_seconds_gloo_2proc_localhost": allreduce_s,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from l2o.io import atomic_write_text, jsonable
+
+    atomic_write_text(out, json.dumps(jsonable(result), indent=2) + "\n")
+    print(json.dumps(jsonable({k: result[k] for k in ("inner_steps_per_second", "speedup_2_over_1",
+                                                      "outer_step_seconds", "meta_parameters",
+                                                      "allreduce_bytes_per_outer_step",
+                                                      "allreduce_seconds_gloo_2proc_localhost")}), indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
