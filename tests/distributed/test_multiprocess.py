@@ -35,7 +35,8 @@ def test_two_processes_identity_dore_and_simulator():
         # and a parameter without elements
         dict(MLP, algorithm="dore", lr=lr, steps=steps, seed=seed, bucket_cap_mb=0.001, extra_empty_param=True),
     ]
-    ddp, full, dore, empty = zip(*spawn(train_many, 2, (configs,), timeout=120))
+    configs.append(dict(MLP, algorithm="powersgd", lr=lr, steps=steps, seed=seed))  # torch's own hook
+    ddp, full, dore, empty, powersgd = zip(*spawn(train_many, 2, (configs,), timeout=120))
     # identity compressor == DDP's all-reduce, exactly
     assert ddp[0]["params"] == full[0]["params"] == full[1]["params"]
     # every rank holds the same model; the simulator gives the same trajectory
@@ -51,10 +52,15 @@ def test_two_processes_identity_dore_and_simulator():
     assert dore[0]["bytes_up"] * 8 < 0.1 * 32 * sum(numels) * steps
     assert len(dore[0]["collective_sizes"]) >= 2 * steps  # a gather and a broadcast per bucket and step
     # with an empty parameter: no collective on an empty tensor, ranks agree, training proceeds
+    # (registered on the Sequential, it comes first in parameters(): the other tensors' indices,
+    # hence their random draws, shift, so the trajectory is close to, not equal to, the above)
     for rank in empty:
         assert rank["collective_sizes"] and min(rank["collective_sizes"]) > 0
     assert empty[0]["params"] == empty[1]["params"]
     assert abs(empty[0]["final_loss"] - dore[0]["final_loss"]) < 0.02
+    # torch's PowerSGD hook (rank 1, error feedback) runs beside ours on CPU/gloo
+    assert powersgd[0]["params"] == powersgd[1]["params"]
+    assert powersgd[0]["final_loss"] < powersgd[0]["loss"][0]
 
 
 def test_three_processes_match_and_dore_trains_to_full_precision_loss():
