@@ -25,11 +25,12 @@ atomically and ``history.jsonl`` gets the rows since the previous checkpoint (ev
 the mean meta-loss, and the validations). :meth:`MetaTrainer.export` writes the final and
 best weights with their model card and the run's figure.
 
-Data-parallel meta-training (``torchrun``, one process per rank) fits without another
-redesign: a rank draws its share of each group's task batch (episode generators are keyed by
-episode and instance, not by a shared stream) or of the antithetic pairs
-(:func:`l2o.meta.estimators.base.pair_share`), :meth:`MetaTrainer._reduce` all-reduces the
-meta-gradient, and only the writer (:attr:`MetaTrainer.writes_files`, rank 0) writes files.
+Data-parallel meta-training (``torchrun``, one process per rank) is
+:class:`l2o.meta.distributed.DistributedMetaTrainer`, which overrides hooks only: a rank draws
+its share of each group's task batch (episode generators are keyed by episode and instance, not
+by a shared stream) or of the antithetic pairs (:func:`l2o.meta.estimators.base.pair_share`),
+:meth:`MetaTrainer._reduce` all-reduces the meta-gradient, and only the writer
+(:attr:`MetaTrainer.writes_files`, rank 0) writes files.
 """
 
 from __future__ import annotations
