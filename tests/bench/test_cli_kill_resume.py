@@ -1,32 +1,72 @@
 """The whole path through the command line: a worker process is SIGKILLed mid-sweep (at a chosen
-run, by fault injection), the sweep is re-run, and nothing is lost or duplicated; then report and
-export."""
+run, by an optimizer of the test's own that kills its process), the sweep is re-run, and nothing
+is lost or duplicated; then report and export."""
 
 import json
 import sys
 
 from l2o.bench.optimizers import resolve
-from l2o.bench.runner import KILL_ENV, RunSpec, _freeze
+from l2o.bench.runner import RunSpec, _freeze
 from l2o.bench.store import ResultsStore
 from l2o.bench.suites import get_preset
 from l2o.cli import main
 
-ARGS = ["bench", "run", "--tasks", "quadratic_10d_tiny,two_d_rosenbrock_tiny", "--optimizers", "sgd",
-        "--grid", "sgd:lr=[0.001,0.003,0.01]", "--tune-seeds", "2", "--seeds", "3", "--no-progress"]
+# Plain SGD, except that while the file "armed" lies beside this module, the first run with
+# lr=0.001 on a 2-parameter problem claims it (one rename: exactly one process wins) and its
+# process SIGKILLs itself halfway through the run. The fault lives in the test, not in l2o.
+DYING_SGD = '''
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+ARMED = Path(__file__).with_name("armed")
+
+
+class SGD(torch.optim.SGD):
+    def __init__(self, params, lr):
+        params = list(params)
+        super().__init__(params, lr=lr)
+        self.steps, self.die_at = 0, None
+        self.candidate = lr == 0.001 and sum(p.numel() for p in params) == 2
+
+    def step(self, closure=None):
+        self.steps += 1
+        # claimed when the run starts, not when the command checks the optimizer's arguments
+        if self.steps == 1 and self.candidate:
+            try:
+                ARMED.rename(ARMED.with_name("claimed"))
+                self.die_at = 50
+            except FileNotFoundError:
+                pass
+        if self.steps == self.die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(closure)
+'''
+OPT = "dying_sgd:SGD"
+ARGS = ["bench", "run", "--tasks", "quadratic_10d_tiny,two_d_rosenbrock_tiny", "--optimizers", OPT,
+        "--grid", f"{OPT}:lr=[0.001,0.003,0.01]", "--tune-seeds", "2", "--seeds", "3", "--no-progress"]
 
 
 def _key(task_id, lr, seed):
     preset = get_preset(task_id)
-    return RunSpec(task_id, preset, resolve("sgd"), _freeze({"lr": lr}), seed, int(preset.build(0).steps), None).key
+    return RunSpec(task_id, preset, resolve(OPT), _freeze({"lr": lr}), seed, int(preset.build(0).steps), None).key
 
 
 def test_kill_a_worker_then_resume(tmp_path, monkeypatch, capsys):
+    (tmp_path / "dying_sgd.py").write_text(DYING_SGD)
+    monkeypatch.chdir(tmp_path)  # the optimizer's module is found in the working directory
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert get_preset("two_d_rosenbrock_tiny").build(0).steps == 100  # dies halfway through
     db = str(tmp_path / "r.sqlite")
-    # The 7th of the 12 tuning runs (submitted in order task, lr, seed): the worker that gets it
-    # SIGKILLs itself halfway through it. A worker takes a run only after storing its previous one.
+    # The 7th of the 12 tuning runs (submitted in order task, lr, seed) is the first with lr=0.001
+    # on the 2-parameter problem: the worker that gets it SIGKILLs itself halfway through it. A
+    # worker takes a run only after storing its previous one.
     killed = _key("two_d_rosenbrock_tiny", 0.001, 0)
-    monkeypatch.setenv(KILL_ENV, killed)
+    (tmp_path / "armed").touch()
     assert main([*ARGS, "--workers", "2", "--db", db]) == 3
+    assert (tmp_path / "claimed").exists()
     err = capsys.readouterr().err
     assert "worker process died" in err and "Run the same command again" in err
     with ResultsStore(db) as store:
@@ -36,7 +76,6 @@ def test_kill_a_worker_then_resume(tmp_path, monkeypatch, capsys):
     # Of the 6 runs submitted before it, at most one (the other worker's) can still have been in flight.
     assert 5 <= len(before) < 12
 
-    monkeypatch.delenv(KILL_ENV)
     assert main([*ARGS, "--workers", "1", "--db", db]) == 0
     out = capsys.readouterr().out
     assert f"tune: {12 - len(before)} runs done (" in out
@@ -53,11 +92,11 @@ def test_kill_a_worker_then_resume(tmp_path, monkeypatch, capsys):
     out = tmp_path / "report"
     assert main(["bench", "report", "--db", db, "--out", str(out)]) == 0
     text = (out / "summary.md").read_text()
-    assert "## quadratic_10d_tiny" in text and "## two_d_rosenbrock_tiny" in text and "| sgd | lr=" in text
+    assert "## quadratic_10d_tiny" in text and "## two_d_rosenbrock_tiny" in text and f"| {OPT} | lr=" in text
     for name in ("curves_train.png", "curves_test.png", "lr_sensitivity.png", "performance_profile.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["two_d_rosenbrock_tiny"]["optimizers"]["sgd"]["seeds"] == 3
+    assert summary["two_d_rosenbrock_tiny"]["optimizers"][OPT]["seeds"] == 3
 
     assert main(["bench", "export", "--db", db, "--out", str(tmp_path / "deepobs")]) == 0
     files = sorted((tmp_path / "deepobs").rglob("random_seed__*.json"))

@@ -20,8 +20,6 @@ many processes, each writing to the store itself.
 from __future__ import annotations
 
 import math
-import os
-import signal
 import sys
 import traceback
 from collections import defaultdict
@@ -33,12 +31,6 @@ from l2o.bench import grids as grids_mod
 from l2o.bench.optimizers import OptimizerSpec, resolve
 from l2o.bench.store import ResultsStore, canonical_json, run_key
 from l2o.bench.suites import TaskPreset, get_preset
-
-#: Fault injection for the tests: the process that executes the run with this run key kills
-#: itself (SIGKILL) halfway through it, to check that a crash loses nothing but the runs in
-#: flight. Read when a sweep starts (by :func:`run_specs`) and handed to the workers.
-KILL_ENV = "L2O_BENCH_TEST_KILL_RUN"
-
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -69,7 +61,6 @@ def _freeze(config: dict[str, Any]) -> tuple:
 # -- one run ---------------------------------------------------------------------------------
 
 _TASK_CACHE: dict[tuple, Any] = {}
-_KILL_RUN: str | None = None  # see KILL_ENV
 
 
 def _task_for(spec: RunSpec):
@@ -85,7 +76,6 @@ def execute(spec: RunSpec) -> tuple[dict[str, Any], dict[str, tuple[list, list]]
     """Train one run in this process; returns the store record and curves (never raises)."""
     from l2o.train import train
 
-    kill_now = _KILL_RUN is not None and spec.key == _KILL_RUN
     record: dict[str, Any] = {"run_key": spec.key, "task": spec.task, "task_config": spec.preset.config(),
                               "optimizer": spec.optimizer.name, "hparams": spec.hparams_dict, "seed": spec.seed,
                               "steps": spec.steps}
@@ -93,8 +83,6 @@ def execute(spec: RunSpec) -> tuple[dict[str, Any], dict[str, tuple[list, list]]
 
     def hook(step, params):
         captured["params"] = params
-        if kill_now and step >= spec.steps // 2:
-            os.kill(os.getpid(), signal.SIGKILL)
 
     try:
         task = _task_for(spec)
@@ -143,12 +131,11 @@ def _selection_loss(task, params, result) -> tuple[float, str]:
 _WORKER_STORE: ResultsStore | None = None
 
 
-def _init_worker(db_path: str, kill_run: str | None = None) -> None:
+def _init_worker(db_path: str) -> None:
     import torch
 
-    global _WORKER_STORE, _KILL_RUN
+    global _WORKER_STORE
     torch.set_num_threads(1)  # one core per worker: workers are the parallelism
-    _KILL_RUN = kill_run
     if _WORKER_STORE is not None:
         _WORKER_STORE.close()
     _WORKER_STORE = ResultsStore(db_path)
@@ -200,15 +187,10 @@ def _mp_context():
 
 def open_pool(db_path: str, workers: int):
     """A pool of ``workers`` processes (:class:`l2o.bench.executors.ProcessExecutor`), each with its
-    own connection to the store.
-
-    The fault-injection setting (:data:`KILL_ENV`) is read here, in this process, and passed to
-    the workers (forked workers do not see later changes of this process's environment).
-    """
+    own connection to the store."""
     from l2o.bench.executors import ProcessExecutor
 
-    return ProcessExecutor(workers, _mp_context(), _init_worker, (db_path, os.environ.get(KILL_ENV) or None),
-                           _run_and_store)
+    return ProcessExecutor(workers, _mp_context(), _init_worker, (db_path,), _run_and_store)
 
 
 def open_executor(db_path: str, workers: int, executor: str = "process", ray_address: str | None = None):
@@ -263,7 +245,7 @@ def run_specs(specs: list[RunSpec], db_path: str, workers: int = 1, desc: str = 
 
     try:
         if pool is None and workers <= 1:
-            _init_worker(db_path, os.environ.get(KILL_ENV) or None)
+            _init_worker(db_path)
             for spec in todo:
                 bar.set_postfix(running=1, failed=counts.failed, diverged=counts.diverged, refresh=False)
                 tally(_run_and_store(spec), running=0)
