@@ -171,7 +171,7 @@ def meta_training_vs_cpu(device) -> dict:
     same seeds: how far apart the meta-trained rules end, beside how far training moved them."""
     from l2o.learned.mlp import MLPRule
     from l2o.meta.trainer import MetaConfig, MetaTrainer
-    from l2o.tasks.family import GeneralFamily
+    from l2o.tasks.mlp_problems import MLPProblemFamily
 
     out = {}
     # (label, estimator, rule options, trainer options); the last: the shipped recipe's stage 1
@@ -184,7 +184,7 @@ def meta_training_vs_cpu(device) -> dict:
             torch.manual_seed(0)
             rule = MLPRule(**rule_options).to(dev)
             start = torch.nn.utils.parameters_to_vector(rule.parameters()).detach().cpu()
-            family = GeneralFamily(widths=(16, 32), depths=(1, 2), batch_sizes=(32, 64), horizon=(100, 100))
+            family = MLPProblemFamily(widths=(16, 32), depths=(1, 2), batch_sizes=(32, 64), horizon=(100, 100))
             config = MetaConfig(estimator=estimator, outer_steps=10, batch_size=8, groups=2, unroll=10, val_every=0,
                                    **options)
             MetaTrainer(rule, family, config, directory=None, log=False).train(progress_bar=False)

@@ -4,7 +4,7 @@ the shipped ``mlp-general``) on its own task family.
 ``LearnedOptimizer(..., adapt=kappa)`` adapts a per-tensor log step multiplier by the cosine of
 the gradient with the previous step (docs/methods/mlp_lopt.md). This script picks ``kappa``
 without looking at the benchmark suite: it trains tasks drawn from the meta-training family
-(``GeneralFamily``, the default problem types) plus the opt-in ``lowdim`` problems (least squares
+(``MLPProblemFamily``, the default problem types) plus the opt-in ``lowdim`` problems (least squares
 in 1-3 weights, the family's only problems made of a few scalars; ``--types`` picks others), each
 for its own horizon, with every ``kappa`` of the grid (``--lr``: every step multiplier ``lr``
 instead), and scores ``log(final training loss / initial training loss)`` (full training set;
@@ -50,12 +50,12 @@ def run(values, tasks_per_type: int, seed: int, weights: str = "mlp-general", kn
     ``tasks_per_type`` tasks of each problem type of ``types``."""
     from l2o.learned.optimizer import LearnedOptimizer
     from l2o.learned.weights import load_weights
-    from l2o.tasks.family import GeneralFamily
+    from l2o.tasks.mlp_problems import MLPProblemFamily
     from l2o.train import train
 
     rule = load_weights(weights)
     gen = torch.Generator().manual_seed(seed)
-    tasks = [(kind, GeneralFamily(datasets=(kind,)).sample(gen)) for kind in types for _ in range(tasks_per_type)]
+    tasks = [(kind, MLPProblemFamily(datasets=(kind,)).sample(gen)) for kind in types for _ in range(tasks_per_type)]
     baseline = {"adapt": 0.0, "lr": 1.0}[knob]
     scores = {k: {t: [] for t in types} for k in values}
     for i, (kind, task) in enumerate(tasks):
@@ -85,16 +85,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=20261130)
     parser.add_argument("--weights", default="mlp-general", help="a shipped name or a weights file")
     parser.add_argument("--types", default=",".join(TYPES),
-                        help=f"problem types of GeneralFamily, comma-separated (default: {','.join(TYPES)})")
+                        help=f"problem types of MLPProblemFamily, comma-separated (default: {','.join(TYPES)})")
     parser.add_argument("--lr", action="store_true", help=f"score the step multiplier lr over {LR_GRID} instead of kappa")
     parser.add_argument("--out", default=None, help="results file (default: benchmarks/results/mlp_adapt_select.json, "
                         "or mlp_lr_select.json with --lr)")
     args = parser.parse_args(argv)
-    from l2o.tasks.family import GeneralFamily
+    from l2o.tasks.mlp_problems import MLPProblemFamily
 
     types = tuple(t for t in args.types.split(",") if t)
     try:  # the family's own check of the problem types, as a usage error before any work
-        GeneralFamily(datasets=types)
+        MLPProblemFamily(datasets=types)
     except ValueError as error:
         parser.error(f"--types: {error}")
     knob, grid = ("lr", LR_GRID) if args.lr else ("adapt", GRID)

@@ -62,8 +62,8 @@ def peak_kib():
 torch.set_num_threads(1)
 from l2o.learned.mlp import MLPRule
 from l2o.meta.trainer import MetaConfig, MetaTrainer
-from l2o.tasks.family import GeneralFamily
-family = GeneralFamily(datasets=("digits",), widths=(20,), depths=(1,), activations=("relu",), batch_sizes=(128,),
+from l2o.tasks.mlp_problems import MLPProblemFamily
+family = MLPProblemFamily(datasets=("digits",), widths=(20,), depths=(1,), activations=("relu",), batch_sizes=(128,),
                        horizon=(200, 200))
 trainer = MetaTrainer(MLPRule(), family, MetaConfig(outer_steps=int(sys.argv[1]), batch_size=8, groups=1,
                          unroll=20, val_every=0), directory=None, log=False)
@@ -80,7 +80,7 @@ PARTS = ("meta_training_memory", "meta_training_throughput", "step_time_1m", "st
 
 
 def digits_tasks(count: int):
-    from l2o.tasks.family import TaskConfig, build_task
+    from l2o.tasks.mlp_problems import TaskConfig, build_task
 
     config = TaskConfig("digits", hidden=20, layers=1, activation="relu", batch_size=128, horizon=10**6)
     return [build_task(config, seed) for seed in range(count)]

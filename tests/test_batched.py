@@ -10,7 +10,7 @@ import torch
 from l2o.learned.mlp import MLPRule
 from l2o.meta.episode import MeanLogRatio, batched_loss_fn, start_episode, stack_batches, stack_dicts
 from l2o.tasks.digits import DigitsMLP
-from l2o.tasks.family import DATASETS, GeneralFamily, MLPTask, TaskConfig, build_task
+from l2o.tasks.mlp_problems import DATASETS, MLPProblemFamily, MLPTask, TaskConfig, build_task
 
 
 def _trained_like(rule):
@@ -114,7 +114,7 @@ def test_per_task_loss_matches_task_loss():
 
 
 def test_family_covers_every_dataset_and_runs():
-    family = GeneralFamily(horizon=(5, 10))
+    family = MLPProblemFamily(horizon=(5, 10))
     gen = torch.Generator().manual_seed(0)
     seen = set()
     rule = MLPRule(hidden=4)
@@ -134,7 +134,7 @@ def test_family_covers_every_dataset_and_runs():
 
 
 def test_lowdim_problems_are_a_few_numbers_at_varied_scales():
-    family = GeneralFamily(datasets=("lowdim",), horizon=(5, 10))
+    family = MLPProblemFamily(datasets=("lowdim",), horizon=(5, 10))
     gen = torch.Generator().manual_seed(0)
     scales, dims = [], set()
     rule = MLPRule(hidden=4, tensor_features=True)
@@ -153,7 +153,7 @@ def test_lowdim_problems_are_a_few_numbers_at_varied_scales():
 
 
 def test_illcond_problems_have_the_condition_numbers_they_are_drawn_with():
-    family = GeneralFamily(datasets=("illcond",), horizon=(5, 10))
+    family = MLPProblemFamily(datasets=("illcond",), horizon=(5, 10))
     gen = torch.Generator().manual_seed(0)
     conditions, dims = [], set()
     rule = MLPRule(hidden=4)
@@ -173,11 +173,11 @@ def test_illcond_problems_have_the_condition_numbers_they_are_drawn_with():
 
 def test_family_rejects_bad_arguments():
     with pytest.raises(ValueError, match="datasets"):
-        GeneralFamily(datasets=("imagenet",))
+        MLPProblemFamily(datasets=("imagenet",))
     with pytest.raises(ValueError, match="activations"):
-        GeneralFamily(activations=("gelu",))
+        MLPProblemFamily(activations=("gelu",))
     with pytest.raises(ValueError, match="horizon"):
-        GeneralFamily(horizon=(10, 5))
+        MLPProblemFamily(horizon=(10, 5))
 
 
 def test_param_scales_reparameterize_the_same_problem():
@@ -207,7 +207,7 @@ def test_param_scales_reparameterize_the_same_problem():
 
 
 def test_family_param_scale_draws_shared_factors_per_architecture():
-    family = GeneralFamily(horizon=(5, 10), param_scale=(0.1, 10.0))
+    family = MLPProblemFamily(horizon=(5, 10), param_scale=(0.1, 10.0))
     gen = torch.Generator().manual_seed(0)
     rule = MLPRule(hidden=4)
     factors = []
@@ -221,12 +221,12 @@ def test_family_param_scale_draws_shared_factors_per_architecture():
     assert 0.1 <= min(factors) and max(factors) <= 10.0 and max(factors) / min(factors) > 20
     assert family.describe()["param_scale"] == [0.1, 10.0]
     # off by default: no factors drawn
-    default, explicit = GeneralFamily(), GeneralFamily(param_scale=(1.0, 1.0))
+    default, explicit = MLPProblemFamily(), MLPProblemFamily(param_scale=(1.0, 1.0))
     assert "param_scale" not in default.describe()
     configs = [f.sample_config(torch.Generator().manual_seed(3)) for f in (default, explicit)]
     assert configs[0] == configs[1] and configs[0].param_scales == ()
     with pytest.raises(ValueError, match="param_scale"):
-        GeneralFamily(param_scale=(0.0, 1.0))
+        MLPProblemFamily(param_scale=(0.0, 1.0))
 
 
 def test_shared_data_gather_draws_the_same_minibatches_as_each_task():
@@ -277,7 +277,7 @@ def test_meta_training_on_cuda_follows_the_cpu(estimator):
     def train(device):
         torch.manual_seed(0)
         rule = MLPRule(hidden=8).to(device)
-        family = GeneralFamily(datasets=("digits", "regression"), widths=(8,), depths=(1,), activations=("tanh",),
+        family = MLPProblemFamily(datasets=("digits", "regression"), widths=(8,), depths=(1,), activations=("tanh",),
                                batch_sizes=(16,), horizon=(30, 30))
         config = MetaConfig(estimator=estimator, outer_steps=4, batch_size=3, groups=2, unroll=5, pairs=2,
                                val_every=2, val_steps=5)
@@ -293,7 +293,7 @@ def test_meta_training_on_cuda_follows_the_cpu(estimator):
 
 
 def test_consistent_problems_have_a_minimum_near_zero_at_varied_scales():
-    family = GeneralFamily(datasets=("consistent",), horizon=(5, 10))
+    family = MLPProblemFamily(datasets=("consistent",), horizon=(5, 10))
     gen = torch.Generator().manual_seed(0)
     floors, conditions, scales, dims = [], [], [], set()
     rule = MLPRule(hidden=4)

@@ -15,7 +15,7 @@ from l2o.learned.mlp import MLPRule
 from l2o.learned.optimizer import LearnedOptimizer
 from l2o.learned.weights import load_rule
 from l2o.meta.trainer import MetaConfig, MetaTrainer
-from l2o.tasks.family import GeneralFamily
+from l2o.tasks.mlp_problems import MLPProblemFamily
 
 TINY = ["--task", "regression", "--widths", "4", "--depths", "1", "--batch-sizes", "8", "--horizon", "10:20",
         "--unroll", "5", "--batch", "2", "--groups", "1", "--hidden", "4", "--val-steps", "5", "--no-progress"]
@@ -64,7 +64,7 @@ def test_history_keeps_the_last_row_of_a_step_and_skips_non_finite_values(tmp_pa
 
 
 def _family():
-    return GeneralFamily(datasets=("regression",), widths=(4,), depths=(1,), batch_sizes=(8,), horizon=(10, 20))
+    return MLPProblemFamily(datasets=("regression",), widths=(4,), depths=(1,), batch_sizes=(8,), horizon=(10, 20))
 
 
 def _trainer(tmp_path, every=2, steps=6, **options):

@@ -288,7 +288,7 @@ FAMILY_FLAGS = ("task", "datasets", "activations", "widths", "depths", "batch_si
 def _family(args):
     """The task family: ``--family``'s, or the built-in family shaped by ``--task`` and its options."""
     from l2o.tasks.base import TaskFamily
-    from l2o.tasks.family import DATASETS, GeneralFamily
+    from l2o.tasks.mlp_problems import DATASETS, MLPProblemFamily
 
     given = {flag: getattr(args, flag) for flag in FAMILY_FLAGS if getattr(args, flag) is not None}
     if args.family is not None:
@@ -303,7 +303,7 @@ def _family(args):
         if flag in given and task != "general":
             raise ValueError(f"--{flag.replace('_', '-')} applies to --task general only")
     datasets = given.pop("datasets", DATASETS) if task == "general" else (task,)
-    return GeneralFamily(datasets=datasets, **given)
+    return MLPProblemFamily(datasets=datasets, **given)
 
 
 def _initial_rule(args):

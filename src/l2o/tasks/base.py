@@ -89,10 +89,10 @@ class TaskFamily(ABC):
         """Draw one Task."""
 
     def sample_batch(self, generator: torch.Generator, size: int) -> list[Task]:
-        """``size`` tasks for one batched episode of family meta-training (:mod:`l2o.meta.general`),
+        """``size`` tasks for one batched episode of family meta-training (:class:`l2o.meta.trainer.MetaTrainer`),
         whose parameters are stacked: by default ``size`` draws of :meth:`sample`, which must then
         give tasks with the same parameter names and shapes (a family of several architectures
-        overrides this to draw one architecture per batch, as ``GeneralFamily`` does)."""
+        overrides this to draw one architecture per batch, as ``MLPProblemFamily`` does)."""
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         return [self.sample(generator) for _ in range(size)]

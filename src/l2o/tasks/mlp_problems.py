@@ -1,6 +1,6 @@
 """A general task family for meta-training optimizers that should work beyond one problem.
 
-:class:`GeneralFamily` samples small MLP problems that differ in data set (scikit-learn's
+:class:`MLPProblemFamily` samples small MLP problems that differ in data set (scikit-learn's
 digits, synthetic Gaussian-cluster classification, synthetic teacher-network regression, and
 convex quadratics written as linear least squares), width, depth, activation (sigmoid, tanh,
 ReLU), batch size and horizon.
@@ -8,7 +8,7 @@ ReLU), batch size and horizon.
 Every problem is an :class:`MLPTask`, whose forward pass also accepts parameters and data
 stacked along a leading task dimension: :meth:`MLPTask.per_task_loss` evaluates ``B``
 instances at once with batched matmuls, which is what batched meta-training uses
-(:mod:`l2o.meta.batched`). ``sample_batch`` draws ``B`` instances that share one architecture
+(:mod:`l2o.meta.episode`). ``sample_batch`` draws ``B`` instances that share one architecture
 (so their parameters stack) but have their own data, initialisation and minibatches.
 """
 
@@ -28,7 +28,7 @@ from l2o.tasks.base import Params, SupervisedTask, TaskFamily, init_linear_layer
 from l2o.tasks.digits import ACTIVATIONS
 
 DATASETS = ("digits", "classification", "regression", "quadratic")
-#: Problem types that exist but are not in the default family (``GeneralFamily(datasets=...)``):
+#: Problem types that exist but are not in the default family (``MLPProblemFamily(datasets=...)``):
 #: ``lowdim``, least squares in 1-3 parameters with the data and targets rescaled by random
 #: factors over two decades each, i.e. problems whose tensors are a few numbers at any scale.
 #: ``illcond``, least squares whose curvature spectrum spans a random condition number of 10 to 10^4
@@ -227,7 +227,7 @@ def build_task(config: TaskConfig, data_seed: int) -> MLPTask:
                    param_scales=config.param_scales)
 
 
-class GeneralFamily(TaskFamily):
+class MLPProblemFamily(TaskFamily):
     """Small MLP problems over data sets, widths, depths, activations, batch sizes, horizons.
 
     Args:
