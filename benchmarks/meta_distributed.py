@@ -1,7 +1,8 @@
 """Meta-training throughput with 1 and 2 processes (torchrun, gloo on the CPU).
 
 Runs ``torchrun --standalone --nproc_per_node=N --no-python l2o meta train ...`` for N = 1, 2
-(each process one thread), reads the summary line (inner steps per second over the outer
+(each process one thread), for truncated BPTT (the task batch split) and ES (4 antithetic pairs
+split), reads the summary line (inner steps per second over the outer
 steps, validation excluded), measures the gloo all-reduce of the packed meta-gradient (the
 rule's weights, float64, plus 2 numbers) in the same run, and writes
 benchmarks/results/meta_distributed.json with the CPU's vector extensions.
@@ -59,15 +60,17 @@ def main() -> None:
     train = ["--task", "regression", "--widths", "32", "--depths", "2", "--batch-sizes", "32", "--horizon", "100",
              "--unroll", "10", "--batch", str(args.batch), "--groups", "2", "--steps", str(args.steps),
              "--val-every", "0", "--checkpoint-every", str(args.steps), "--no-progress", "--threads", "1"]
-    runs: dict[str, list[dict]] = {}
+    estimators = {"bptt": [], "es": ["--estimator", "es", "--pairs", "4"]}
+    runs: dict[str, dict[str, list[dict]]] = {e: {} for e in estimators}
     dim = None
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for n in (1, 2):
-                out = Path(tmp) / f"n{n}r{repeat}"
-                proc = torchrun(n, ["--no-python", "l2o", "meta", "train", *train, "--out", str(out)])
-                line = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"outer_steps"')][-1]
-                runs.setdefault(str(n), []).append(json.loads(line))
+            for estimator, extra in estimators.items():
+                for n in (1, 2):
+                    out = Path(tmp) / f"{estimator}n{n}r{repeat}"
+                    proc = torchrun(n, ["--no-python", "l2o", "meta", "train", *train, *extra, "--out", str(out)])
+                    line = [ln for ln in proc.stdout.splitlines() if ln.startswith('{"outer_steps"')][-1]
+                    runs[estimator].setdefault(str(n), []).append(json.loads(line))
                 if dim is None:
                     from safetensors.torch import load_file
 
@@ -79,7 +82,7 @@ def main() -> None:
         allreduce_s = float(torchrun(2, [str(script), str(dim + 2)]).stdout.strip().splitlines()[-1])
     finally:
         script.unlink()
-    best = {n: max(r["inner_steps_per_second"] for r in rs) for n, rs in runs.items()}
+    best = {e: {n: max(r["inner_steps_per_second"] for r in rs) for n, rs in by_n.items()} for e, by_n in runs.items()}
     result = {
         "benchmark": "meta_distributed",
         "command": "python benchmarks/meta_distributed.py " + " ".join(sys.argv[1:]),
@@ -88,8 +91,11 @@ def main() -> None:
         "note": "shared machine: other jobs ran at the same time, so absolute numbers and the ratio are noisy",
         "inner_steps_per_second": best,
         "runs": runs,
-        "speedup_2_over_1": best["2"] / best["1"],
-        "outer_step_seconds": {n: args.batch * 10 / ips for n, ips in best.items()},  # unroll 10 x batch
+        "speedup_2_over_1": {e: b["2"] / b["1"] for e, b in best.items()},
+        "outer_step_seconds": {e: {n: args.batch * 10 / ips for n, ips in b.items()}  # unroll 10 x batch
+                               for e, b in best.items()},
+        "cpu_seconds_per_rank": {e: {n: min(r["cpu_seconds"] for r in rs) for n, rs in by_n.items()}
+                                 for e, by_n in runs.items()},
         "meta_parameters": dim,
         "allreduce_bytes_per_outer_step": nbytes,
         "allreduce_seconds_gloo_2proc_localhost": allreduce_s,
