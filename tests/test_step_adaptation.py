@@ -170,3 +170,35 @@ def test_many_tensors_at_once_give_each_tensors_update():
     one_by_one = torch.stack([next_log_scale(l, g, u, 0.3) for l, g, u in zip(log_scales, grads, steps)])
     assert torch.equal(together, one_by_one)
     assert together[2] == 2.0 and together[3] == 0.0 and together[0] != 0.5
+
+
+@pytest.mark.parametrize("name,adapt", [("mlp-general", None), ("mlp-general", 0.0), ("l2l-digits", None)])
+def test_a_non_finite_gradient_skips_the_whole_step_and_warns(name, adapt):
+    """The optimizers' one policy (l2o.optim): parameters and state stay as they were, a warning says so."""
+    from l2o.optim import NonFiniteGradientWarning
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    kwargs = {} if adapt is None else {"adapt": adapt}
+    opt = LearnedOptimizer.pretrained(name, model.parameters(), **kwargs)
+    x = torch.randn(8, 4)
+    for _ in range(2):  # a state to keep
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    state_before = copy.deepcopy(opt.state_dict())
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    model[0].weight.grad[1, 2] = float("nan")
+    with pytest.warns(NonFiniteGradientWarning, match="LearnedOptimizer.*skipped"):
+        opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    after = opt.state_dict()
+    for key, values in state_before["state"].items():
+        for k, v in values.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, after["state"][key][k]), (key, k)
+    model[0].weight.grad[1, 2] = 0.0  # the next finite gradient steps as usual
+    opt.step()
+    assert not torch.equal(before[0], model[0].weight)

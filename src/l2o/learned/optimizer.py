@@ -25,6 +25,7 @@ import torch
 
 from l2o.learned.adaptation import check_adapt, default_adapt, next_log_scales
 from l2o.learned.base import LearnedRule
+from l2o.optim._base import grads_finite, warn_nonfinite_skip
 
 
 def _refuse_sharded(params: list) -> None:
@@ -133,20 +134,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with_grads = [(p, group["lr"]) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if any(p.grad.is_sparse for p, _ in with_grads):
+            raise RuntimeError("LearnedOptimizer does not support sparse gradients")
+        # The optimizers' one policy (l2o.optim): a non-finite gradient skips the whole step.
+        if not grads_finite([p.grad for p, _ in with_grads]):
+            warn_nonfinite_skip("LearnedOptimizer", None)
+            return loss
         entries = []  # (key, param, lr)
         params, grads = {}, {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("LearnedOptimizer does not support sparse gradients")
-                key = str(len(entries))
-                state = self.state[p]
-                if not state:
-                    state.update(self.rule.init_state({key: p.detach()})[key])
-                entries.append((key, p, group["lr"]))
-                params[key], grads[key] = p.detach(), p.grad
+        for p, lr in with_grads:
+            key = str(len(entries))
+            state = self.state[p]
+            if not state:
+                state.update(self.rule.init_state({key: p.detach()})[key])
+            entries.append((key, p, lr))
+            params[key], grads[key] = p.detach(), p.grad
         if not entries:
             return loss
         if self.adapt:
