@@ -92,6 +92,9 @@ def compression_hook(state: CompressionState, bucket: dist.GradBucket) -> torch.
     direction into the bucket (``x ← x − lr·d`` is then the optimizer's ordinary SGD step)."""
     alg = state.algorithm
     buffer = bucket.buffer()
+    if buffer.device.type != "cpu":
+        raise ValueError(f"compression_hook runs on CPU tensors (gloo); this bucket is on {buffer.device}: "
+                         "GPU buckets (nccl) are not supported yet")
     entries = []  # (parameter index or None, numel, dtype)
     params = bucket.parameters()
     # the bucket's flat buffer is its parameters' gradients laid end to end (read it, not
