@@ -10,7 +10,8 @@ This script simulates the staleness exactly: a noisy quadratic (50 coordinates, 
 log-spaced in [10^-1.5, 1], gradient noise sigma 0.1, start at 1) where the gradient applied
 at step t is evaluated at x_{t-tau}. It runs synchronous YellowFin (tau = 0), open-loop
 YellowFin with stale gradients, and closed-loop YellowFin with the same stale gradients, all
-with the paper's defaults (beta 0.999, window 20, gain 0.01), measures the total momentum of
+with the paper's listing (YellowFin.ALGORITHM_LISTING, as its closed-loop algorithm; beta 0.999,
+window 20, gain 0.01), measures the total momentum of
 every run with the same estimator, prints a summary and plots the curves.
 
     python examples/yellowfin_async.py                 # the documented run (tau = 8)
