@@ -21,7 +21,8 @@ TIMEOUT = 180
 
 
 def _worker(rank: int, out: Path) -> None:
-    """One rank: the CLI runs of RUNS, a refused run (fewer ES pairs than processes), then LearnedOptimizer under DDP and FSDP."""
+    """One rank: the CLI runs of RUNS, a refused run (fewer ES pairs than processes), then
+    LearnedOptimizer under DDP and FSDP."""
     import torch
     import torch.distributed as dist
 

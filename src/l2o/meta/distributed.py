@@ -171,7 +171,8 @@ class DistributedMetaTrainer(MetaTrainer):
                 raise ValueError(f"data-parallel BPTT splits each episode's task batch over the {self._world} "
                                  f"processes: --batch must be at least {self._world}, got {cfg.batch_size}")
         elif cfg.pairs < self._world:
-            raise ValueError(f"data-parallel {cfg.estimator.upper()} splits the {cfg.pairs} antithetic pairs over the {self._world} "
+            raise ValueError(f"data-parallel {cfg.estimator.upper()} splits the {cfg.pairs} antithetic pairs over the "
+                             f"{self._world} "
                              f"processes: --pairs must be at least {self._world}")
         if self.checkpointer is not None:
             self.checkpointer = _RootCheckpointer(self.checkpointer, self.rank)

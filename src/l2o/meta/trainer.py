@@ -423,7 +423,8 @@ class MetaTrainer:
                 window = [values[s] for s in range(step - HISTORY_EVERY + 1, step + 1) if s in values]
                 if window:
                     rows.append({"step": step, "meta_loss": sum(window) / len(window), "world_size": self.world_size})
-        rows += [{"step": int(s), "val": v, "world_size": self.world_size} for s, v in self.summary.val_history if self._flushed_step < s <= end]
+        rows += [{"step": int(s), "val": v, "world_size": self.world_size} for s, v in self.summary.val_history
+                 if self._flushed_step < s <= end]
         rows.sort(key=lambda row: (row["step"], "val" in row))
         if rows:
             from l2o.io import jsonable
