@@ -202,3 +202,23 @@ def test_a_non_finite_gradient_skips_the_whole_step_and_warns(name, adapt):
     model[0].weight.grad[1, 2] = 0.0  # the next finite gradient steps as usual
     opt.step()
     assert not torch.equal(before[0], model[0].weight)
+
+
+def test_under_torch_compile_the_step_runs_eagerly_with_one_warning():
+    """torch.compile(opt.step) recompiled on every step (float multipliers, re-allocated gradients)
+    until the recompile limit; now the step runs eagerly under compile and says so once."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = LearnedOptimizer.pretrained("mlp-general", model.parameters())
+    reference = copy.deepcopy(model)
+    ref_opt = LearnedOptimizer.pretrained("mlp-general", reference.parameters())
+    step = torch.compile(opt.step)
+    x = torch.randn(8, 4)
+    with pytest.warns(UserWarning, match="not compiled") as caught:
+        for _ in range(3):
+            for m, o, s in ((model, opt, step), (reference, ref_opt, ref_opt.step)):
+                o.zero_grad()
+                m(x).pow(2).mean().backward()
+                s()
+    assert sum("not compiled" in str(w.message) for w in caught) == 1
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -128,8 +129,23 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
         return cls(params, rule=load_rule(path), **kwargs)
 
-    @torch.no_grad()
     def step(self, closure: Callable | None = None):
+        """One step of the rule on every parameter with a gradient; returns the closure's loss.
+
+        Under ``torch.compile`` the step runs eagerly (one warning): its per-step host work (the
+        finiteness check, the adaptation's multipliers, the per-tensor dispatch) would break the
+        graph and recompile as gradients are re-allocated; ``fused=True`` is the compiled path.
+        """
+        return self._eager_step(closure, torch.compiler.is_compiling())
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def _eager_step(self, closure: Callable | None, compiling: bool):
+        if compiling and not getattr(self, "_warned_compile", False):
+            self._warned_compile = True
+            warnings.warn("LearnedOptimizer.step is not compiled: it runs eagerly under torch.compile "
+                          "(LearnedOptimizer(..., fused=True) runs the rule's step as compiled kernels)",
+                          UserWarning, stacklevel=3)
         loss = None
         if closure is not None:
             with torch.enable_grad():

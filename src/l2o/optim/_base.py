@@ -52,7 +52,7 @@ def grads_finite(grads: Sequence[torch.Tensor | None]) -> bool:
     """
     dense: list[torch.Tensor] = []
     for g in grads:
-        if g is None:
+        if g is None or g.is_meta:  # a meta tensor has no values to check
             continue
         if g.is_sparse:
             g = g.coalesce().values()
