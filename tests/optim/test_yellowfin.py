@@ -273,5 +273,6 @@ def test_compiled_step_runs_eagerly_with_one_warning_and_no_recompiles():
             step()
     mine = [w for w in caught if "YellowFin.step is not compiled" in str(w.message)]
     assert len(mine) == 1
-    assert not [w for w in caught if "recompil" in str(w.message).lower()]
+    others = [w for w in caught if w not in mine]
+    assert not [w for w in others if "recompil" in str(w.message).lower()]
     assert torch.equal(x.detach(), y.detach())
