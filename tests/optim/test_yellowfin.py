@@ -267,10 +267,15 @@ def test_compiled_step_runs_eagerly_with_one_warning_and_no_recompiles():
     step = torch.compile(compiled.step)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for g in grads:  # the window fills over these 30 steps: no new graph for its length
-            x.grad, y.grad = g.clone(), g.clone()
-            eager.step()
-            step()
+        try:
+            for index, g in enumerate(grads):  # the window fills over these 30 steps: no new graph for its length
+                if index == 1:
+                    torch.compiler.set_stance("fail_on_recompile")  # any recompile from here on raises
+                x.grad, y.grad = g.clone(), g.clone()
+                eager.step()
+                step()
+        finally:
+            torch.compiler.set_stance("default")
     mine = [w for w in caught if "YellowFin.step is not compiled" in str(w.message)]
     assert len(mine) == 1
     others = [w for w in caught if w not in mine]
