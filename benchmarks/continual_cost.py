@@ -31,20 +31,12 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import cpu_info
 
 from l2o.continual import HAT, OGD, Method, make_stream
 from l2o.io import atomic_write_text, jsonable
 
 RESULTS = Path(__file__).resolve().parent / "results" / "continual_cost.json"
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return [f for f in ("avx512f", "avx2") if f in line.split()]
 
 
 def stepper(method, stream, t: int, batch: int):
@@ -130,14 +122,14 @@ def main(argv=None) -> int:
             out_rows[name]["add_task_ratio"] = out_rows[name]["add_task_s"] / base
     result = {"description": "OGD and HAT step time as ratios to a plain SGD step (64-100-100-10 MLP, batch "
                              f"{args.batch}, M={args.memory}); OGD basis memory as tasks grow",
-              "cpu_flags": cpu_flags(), "machine": platform.machine(), "torch": torch.__version__,
+              "cpu": cpu_info(), "machine": platform.machine(), "torch": torch.__version__,
               "threads": 1, "rounds": args.rounds, "steps": args.steps, "rows": out_rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(jsonable(result), indent=1))
     for name, r in out_rows.items():
         extra = f"  basis {r['basis_rows']} rows, {r['basis_bytes'] / 2**20:.1f} MiB" if "basis_rows" in r else ""
         print(f"{name:22s} {1e3 * r['step_s']:8.3f} ms  x{r['ratio']:6.2f}{extra}")
-    print(f"cpu: {', '.join(result['cpu_flags']) or 'neither avx512f nor avx2'}; wrote {args.out}")
+    print(f"cpu: {result['cpu']['widest']}; wrote {args.out}")
     return 0
 
 

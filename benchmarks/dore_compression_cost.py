@@ -31,15 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [f for f in ("avx512f", "avx2") if f in flags]
+from _machine import cpu_info
 
 
 def _measure(rank: int, world: int, sizes: list, rounds: int, reps: int) -> dict:
@@ -111,7 +103,7 @@ def main(argv=None) -> int:
     results = spawn(_measure, 2, (sizes, args.rounds, args.reps), timeout=1200)
     report = {"benchmark": "dore_compression_cost", "workers": 2, "backend": "gloo (localhost)",
               "compressor": "qsgd s=1 block=256 norm=inf (both directions)", "rounds": args.rounds,
-              "reps": args.reps, "cpu_flags": cpu_flags(), "platform": platform.platform(),
+              "reps": args.reps, "cpu": cpu_info(), "platform": platform.platform(),
               "python": sys.version.split()[0], "rank0": results[0], "rank1": results[1]}
     atomic_write_text(args.out, json.dumps(report, indent=2))
     for n, row in results[0].items():

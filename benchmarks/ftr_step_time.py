@@ -27,21 +27,11 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from l2o.io import atomic_write_text, jsonable
-
-
-def _cpu_flags() -> dict:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    return {"model": model, "avx512f": "avx512f" in flags, "avx2": "avx2" in flags}
+from _machine import cpu_info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "FollowTheRidge step time / GDA step time (both RMSprop-preconditioned), 1-D MoG GAN",
         "command": "python benchmarks/ftr_step_time.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "game": game.describe(), "rounds": args.rounds, "steps_per_round": args.steps,
-        "threads": 1, "torch": torch.__version__, "python": platform.python_version(), "cpu": _cpu_flags(),
+        "threads": 1, "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_info(),
         "gda_step_s": gda, "rows": rows,
         "adaptive_k5": {"ftr_step_s": t_ad, "ratio": t_ad / gda, "backward_passes": passes["ftr k=5 adaptive"]},
     }

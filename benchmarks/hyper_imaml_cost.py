@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,14 +25,7 @@ from pathlib import Path
 import torch
 
 from l2o.io import atomic_write_text, jsonable
-
-
-def cpu_flags() -> dict:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        flags = ""
-    return {"avx512f": " avx512f" in flags, "avx2": " avx2" in flags, "machine": platform.machine()}
+from _machine import cpu_info
 
 
 def main(argv=None) -> int:
@@ -71,7 +63,7 @@ def main(argv=None) -> int:
                          "time_ratio_to_fomaml_same_steps": statistics.median(
                              [t / f for t, f in zip(times[method, k], times["fomaml", k])])})
             print(json.dumps(rows[-1]))
-    out = {"benchmark": "hyper_imaml_cost", "cpu": cpu_flags(), "torch": torch.__version__, "meta_batch": 10,
+    out = {"benchmark": "hyper_imaml_cost", "cpu": cpu_info(), "torch": torch.__version__, "meta_batch": 10,
            "cg_steps": 5, "baseline_seconds": base, "rows": rows}
     atomic_write_text(args.out, json.dumps(jsonable(out), indent=1, allow_nan=False))
     print(f"wrote {args.out}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,14 +25,7 @@ from pathlib import Path
 import torch
 
 from l2o.io import atomic_write_text, jsonable
-
-
-def cpu_flags() -> dict:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        flags = ""
-    return {"avx512f": " avx512f" in flags, "avx2": " avx2" in flags, "machine": platform.machine()}
+from _machine import cpu_info
 
 
 def main(argv=None) -> int:
@@ -72,7 +64,7 @@ def main(argv=None) -> int:
                      "exact_reversal": result.exact_reversal,
                      "time_ratio_reversible_to_unrolled": rev / unr})
         print(json.dumps(rows[-1]))
-    out = {"benchmark": "hyper_reversible_memory", "cpu": cpu_flags(), "torch": torch.__version__,
+    out = {"benchmark": "hyper_reversible_memory", "cpu": cpu_info(), "torch": torch.__version__,
            "momentum": 0.9, "rows": rows}
     atomic_write_text(args.out, json.dumps(jsonable(out), indent=1, allow_nan=False))
     print(f"wrote {args.out}")

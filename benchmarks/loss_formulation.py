@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mlp_lopt import meta_throughput  # noqa: E402
 
 from l2o.io import atomic_write_text  # noqa: E402
-from l2o.tasks import family  # noqa: E402
+from l2o.tasks import mlp_problems as family  # noqa: E402
 
 
 def cross_entropy_loss(self, params, batch):

@@ -7,6 +7,8 @@ steps, validation excluded), measures the gloo all-reduce of the packed meta-gra
 rule's weights, float64, plus 2 numbers) in the same run, and writes
 benchmarks/results/meta_distributed.json with the CPU's vector extensions.
 
+Usage::
+
     python benchmarks/meta_distributed.py [--steps 30] [--batch 8] [--repeats 2]
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ALLREDUCE = """
 import sys, time, torch, torch.distributed as dist
+from _machine import cpu_info
 dist.init_process_group("gloo")
 n = int(sys.argv[1]); x = torch.zeros(n, dtype=torch.float64)
 for _ in range(20): dist.all_reduce(x)
@@ -36,27 +39,19 @@ dist.destroy_process_group()
 """
 
 
-def cpu_flags() -> list[str]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return [f for f in ("avx512f", "avx2") if f in flags.split()]
-
-
 def torchrun(n: int, args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
                            *args], capture_output=True, text=True, env=env, timeout=1800, check=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="outer steps per run")
     parser.add_argument("--batch", type=int, default=8, help="task instances per episode (split over the processes)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per process count (the best is kept)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "meta_distributed.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     train = ["--task", "regression", "--widths", "32", "--depths", "2", "--batch-sizes", "32", "--horizon", "100",
              "--unroll", "10", "--batch", str(args.batch), "--groups", "2", "--steps", str(args.steps),
              "--val-every", "0", "--checkpoint-every", str(args.steps), "--no-progress", "--threads", "1"]
@@ -87,7 +82,7 @@ def main() -> None:
         "benchmark": "meta_distributed",
         "command": "python benchmarks/meta_distributed.py " + " ".join(sys.argv[1:]),
         "train_args": train,
-        "cpu_flags": cpu_flags(), "cpus": os.cpu_count(), "platform": platform.platform(),
+        "cpu": cpu_info(), "cpus": os.cpu_count(), "platform": platform.platform(),
         "note": "shared machine: other jobs ran at the same time, so absolute numbers and the ratio are noisy",
         "inner_steps_per_second": best,
         "runs": runs,

@@ -39,17 +39,9 @@ from torch import nn
 from l2o.data.digits import load_digits_split
 from l2o.diagnostics import NoiseScaleTracker, gradient_noise_scale
 from l2o.io import atomic_write_text, jsonable
+from _machine import cpu_info
 
 RESULTS = Path(__file__).resolve().parent / "results" / "noise_tracker_cost.json"
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return [f for f in ("avx512f", "avx2") if f in line.split()]
 
 
 def main(argv=None) -> int:
@@ -102,7 +94,7 @@ def main(argv=None) -> int:
     base = median["step"]
     result = {
         "command": "python benchmarks/noise_tracker_cost.py" + " ".join([""] + (argv if argv is not None else sys.argv[1:])),
-        "cpu_flags": cpu_flags(), "machine": platform.machine(), "processor": platform.processor(),
+        "cpu": cpu_info(), "machine": platform.machine(), "processor": platform.processor(),
         "torch": torch.__version__, "threads": 1, "rounds": args.rounds, "steps": args.steps, "batch": args.batch,
         "model": "64-256-10 ReLU MLP, digits, SGD, cross-entropy",
         "seconds_per_step_or_call": median,
@@ -112,7 +104,7 @@ def main(argv=None) -> int:
     atomic_write_text(args.out, json.dumps(jsonable(result), indent=1) + "\n")
     for k, v in result["ratio_to_step"].items():
         print(f"{k:52s} {median[k] * 1e3:8.3f} ms  {v:7.2f}x a training step")
-    print(f"cpu: {', '.join(result['cpu_flags']) or 'neither avx512f nor avx2'}; wrote {args.out}")
+    print(f"cpu: {result['cpu']['widest']}; wrote {args.out}")
     return 0
 
 

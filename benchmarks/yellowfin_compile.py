@@ -13,6 +13,8 @@ could at best have gained:
 
 Ratios are to the eager step measured in the same run; the CPU's vector extensions are recorded.
 
+Usage::
+
     python benchmarks/yellowfin_compile.py          # writes benchmarks/results/yellowfin_compile.json
 """
 
@@ -31,7 +33,7 @@ from l2o.io import atomic_write_text
 from l2o.optim.yellowfin import YellowFin
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_time import cpu_info  # noqa: E402
+from _machine import cpu_info  # noqa: E402
 
 
 def tensors(seed: int, count: int, size: int) -> list[torch.Tensor]:
