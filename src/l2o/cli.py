@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMAND_MODULES = ("l2o.commands.reproduce", "l2o.commands.meta", "l2o.commands.bench",
@@ -26,7 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if argv is None and getattr(args, "end_at_once", False):
+            # the program itself (not a call from Python), stopped with its results stored: skip
+            # the interpreter's exit-time joins of helper threads (see commands/bench.py)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except KeyboardInterrupt:
         # (l2o bench run says itself how to resume; commands with --resume continue with it)
         hint = "; to resume, run the same command again with --resume" if hasattr(args, "resume") else ""
