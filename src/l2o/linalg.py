@@ -114,6 +114,27 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_ite
     return CGResult(x, iterations, residual, residual <= threshold)
 
 
+def grad_dot(grads: Sequence[torch.Tensor | None], v: Sequence[torch.Tensor], wrt: Sequence[torch.Tensor], *,
+             create_graph: bool = False) -> tuple[torch.Tensor, ...]:
+    """``d/d wrt (sum_i grads_i . v_i)`` by one backward pass through ``grads`` (built with a graph).
+
+    With ``grads = grad_w f`` this is a Hessian-vector product: ``H_ww v`` for ``wrt = w`` (see
+    :func:`hvp`), the mixed ``H_{w'w} v`` for another set ``wrt = w'``. Gradients without a graph
+    (``None``, or f linear in those tensors) contribute nothing; tensors of ``wrt`` that the product
+    does not reach get zeros.
+    """
+    wrt = tuple(wrt)
+    v = tuple(v)
+    if len(v) != len(grads):
+        raise ValueError(f"grad_dot: {len(v)} vectors for {len(grads)} gradients")
+    pairs = [(g, u) for g, u in zip(grads, v) if g is not None and g.requires_grad]
+    if not pairs:
+        return tuple(torch.zeros_like(p) for p in wrt)
+    dot = sum(torch.sum(g * u) for g, u in pairs)
+    out = torch.autograd.grad(dot, wrt, retain_graph=True, create_graph=create_graph, allow_unused=True)
+    return tuple(torch.zeros_like(p) if o is None else o for o, p in zip(out, wrt))
+
+
 def hvp(loss: torch.Tensor, params: Sequence[torch.Tensor], v: Sequence[torch.Tensor], *,
         create_graph: bool = False, grads: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """The Hessian-vector product ``H v`` of ``loss`` with respect to ``params``, by double backward.
@@ -134,9 +155,4 @@ def hvp(loss: torch.Tensor, params: Sequence[torch.Tensor], v: Sequence[torch.Te
         raise ValueError(f"hvp: {len(v)} vectors for {len(params)} parameters")
     if grads is None:
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-    pairs = [(g, p, u) for g, p, u in zip(grads, params, v) if g is not None and g.requires_grad]
-    if not pairs:
-        return tuple(torch.zeros_like(p) for p in params)
-    dot = sum(torch.sum(g * u) for g, _, u in pairs)
-    out = torch.autograd.grad(dot, params, retain_graph=True, create_graph=create_graph, allow_unused=True)
-    return tuple(torch.zeros_like(p) if o is None else o for o, p in zip(out, params))
+    return grad_dot(grads, v, params, create_graph=create_graph)

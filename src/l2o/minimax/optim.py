@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from l2o.linalg import conjugate_gradient
+from l2o.linalg import conjugate_gradient, grad_dot
 
 Closure = Callable[[], Tensor]
 PRECONDITIONERS = (None, "rmsprop", "adam")
@@ -399,23 +399,18 @@ class FollowTheRidge(TwoPlayerOptimizer):
 
     def _hyy(self, gy: list[Tensor], v: list[Tensor]) -> list[Tensor]:
         """H_yy v by double backward through ∇ᵧf (zero where ∇ᵧf has no graph, e.g. f linear in y)."""
-        pairs = [(g, u) for g, u in zip(gy, v) if g.requires_grad]
-        if not pairs:
-            return [torch.zeros_like(p) for p in self.y_params]
-        dot = sum(torch.sum(g * u) for g, u in pairs)
-        out = torch.autograd.grad(dot, self.y_params, retain_graph=True, allow_unused=True)
-        self._backward += 1
-        return [torch.zeros_like(p) if o is None else o.detach() for o, p in zip(out, self.y_params)]
+        return self._d_dy(gy, v)
 
     def _hyx(self, gx: list[Tensor], v: list[Tensor]) -> list[Tensor]:
         """H_yx v = ∂/∂y (∇ₓf · v)."""
-        pairs = [(g, u) for g, u in zip(gx, v) if g.requires_grad]
-        if not pairs:
-            return [torch.zeros_like(p) for p in self.y_params]
-        dot = sum(torch.sum(g * u) for g, u in pairs)
-        out = torch.autograd.grad(dot, self.y_params, retain_graph=True, allow_unused=True)
-        self._backward += 1
-        return [torch.zeros_like(p) if o is None else o.detach() for o, p in zip(out, self.y_params)]
+        return self._d_dy(gx, v)
+
+    def _d_dy(self, grads: list[Tensor], v: list[Tensor]) -> list[Tensor]:
+        """∂/∂y (grads · v): one backward pass, counted (l2o.linalg.grad_dot)."""
+        reached = any(g.requires_grad for g in grads)
+        out = grad_dot(grads, v, self.y_params)
+        self._backward += int(reached)
+        return [o.detach() for o in out]
 
     def hessian_yy(self, gy: list[Tensor]) -> Tensor:
         """H_yy materialized (n_y × n_y) from n_y Hessian-vector products (solver='exact')."""
