@@ -6,7 +6,6 @@ Not a script: imported by noise_smith_le.py, noise_mccandlish.py and noise_park.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import statistics
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 from l2o.data.digits import load_digits_split
-from l2o.io import atomic_write_bytes, atomic_write_text, jsonable
+from l2o.io import atomic_write_text, jsonable
 
 FIGURES = Path(__file__).resolve().parent.parent / "docs" / "methods" / "figures"
 
@@ -156,12 +155,44 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
+    """The project's figure saver (nothing cut), at the examples' resolution."""
+    from l2o.plotting import save_figure as save
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save(fig, path, dpi=110)
+
+
+def example_args(doc: str, name: str, seeds: int | None, quick_help: str, argv=None, plot=None):
+    """Parse the experiments' shared flags (--seeds unless ``seeds`` is None, --quick, --out,
+    --replot, --no-progress).
+
+    Returns the arguments, or None once ``--replot`` has redrawn OUT.png from OUT.json with ``plot``.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if seeds is not None:
+        parser.add_argument("--seeds", type=int, default=seeds, help=f"seeds per setting (default {seeds})")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=FIGURES / name, help="output prefix (.json, .png)")
+    parser.add_argument("--replot", action="store_true", help="redraw the figure from OUT.json only")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".png"))
+        return None
+    if seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    torch.set_num_threads(1)
+    return args
+
+
+def write_results(results: dict, lines: list[str], out: Path, plot) -> None:
+    """Print the table, then write OUT.json (with the table) and OUT.png."""
+    results["table"] = lines
+    print("\n".join(lines))
+    write_json(out.with_suffix(".json"), results)
+    plot(results, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} ({results['seconds']:.0f} s)")
 
 
 def argmax_key(table: dict, key=lambda v: v) -> object:

@@ -18,8 +18,6 @@ writes docs/methods/figures/noise_mccandlish.{json,png}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import sys
@@ -29,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noise_common import FIGURES, MLP, cpu_flags, digits, save_figure, train_sgd, write_json  # noqa: E402
+from noise_common import MLP, cpu_flags, digits, example_args, save_figure, train_sgd, write_results  # noqa: E402
 
 from l2o.diagnostics import exact_noise_scale  # noqa: E402
 
@@ -54,16 +52,9 @@ def fit(batches: list[int], steps: list[float]) -> tuple[float, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer batch sizes and rates, one seed each")
-    parser.add_argument("--out", type=Path, default=FIGURES / "noise_mccandlish", help="output prefix (.json, .png)")
-    parser.add_argument("--replot", action="store_true", help="redraw the figure from OUT.json only")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.replot:
-        plot(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".png"))
+    args = example_args(__doc__, "noise_mccandlish", None, "fewer batch sizes and rates, one seed each", argv, plot)
+    if args is None:
         return 0
-    torch.set_num_threads(1)
     from tqdm import tqdm
 
     batches = [8, 64, 512] if args.quick else BATCHES
@@ -141,11 +132,7 @@ def main(argv=None) -> int:
     lines.append(f"B_simple (exact, whole training set) along the B = {near['batch_size']} run: at init "
                  f"{summary['b_simple_at_init']:.1f}, median {summary['b_simple_run_median']:.1f}, at the target "
                  f"{summary['b_simple_at_target']:.1f} ± {summary['b_simple_at_target_se'] or float('nan'):.1f}")
-    results["table"] = lines
-    print("\n".join(lines))
-    write_json(args.out.with_suffix(".json"), results)
-    plot(results, args.out.with_suffix(".png"))
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')} ({results['seconds']:.0f} s)")
+    write_results(results, lines, args.out, plot)
     return 0
 
 

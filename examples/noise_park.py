@@ -17,18 +17,14 @@ writes docs/methods/figures/noise_park.{json,png}.
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noise_common import FIGURES, MLP, cpu_flags, digits, save_figure, train_sgd, write_json  # noqa: E402
+from noise_common import MLP, cpu_flags, digits, example_args, save_figure, train_sgd, write_results  # noqa: E402
 
 from l2o.diagnostics import normalized_noise_scale  # noqa: E402
 
@@ -39,19 +35,9 @@ EPOCHS = 20
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per setting (default 2)")
-    parser.add_argument("--quick", action="store_true", help="2 widths, 1 seed, 3 epochs")
-    parser.add_argument("--out", type=Path, default=FIGURES / "noise_park", help="output prefix (.json, .png)")
-    parser.add_argument("--replot", action="store_true", help="redraw the figure from OUT.json only")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.replot:
-        plot(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".png"))
+    args = example_args(__doc__, "noise_park", 2, "2 widths, 1 seed, 3 epochs", argv, plot)
+    if args is None:
         return 0
-    if args.seeds < 1:
-        parser.error("--seeds must be >= 1")
-    torch.set_num_threads(1)
     from tqdm import tqdm
 
     widths = [16, 256] if args.quick else WIDTHS
@@ -98,11 +84,7 @@ def main(argv=None) -> int:
         lines.append(f"{w:>6s} {r['best']['lr']:8g} {r['best']['batch_size']:6d} {r['g_hat_opt']:9.0f} "
                      f"{r['best']['accuracy']:7.4f}   {per}")
     lines.append("(* best batch size at the edge of the grid)")
-    results["table"] = lines
-    print("\n".join(lines))
-    write_json(args.out.with_suffix(".json"), results)
-    plot(results, args.out.with_suffix(".png"))
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')} ({results['seconds']:.0f} s)")
+    write_results(results, lines, args.out, plot)
     return 0
 
 

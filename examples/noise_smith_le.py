@@ -22,18 +22,15 @@ writes docs/methods/figures/noise_smith_le.{json,png}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noise_common import FIGURES, MLP, cpu_flags, digits, save_figure, train_sgd, write_json  # noqa: E402
+from noise_common import MLP, cpu_flags, digits, example_args, save_figure, train_sgd, write_results  # noqa: E402
 
 from l2o.diagnostics import smith_le_noise_scale  # noqa: E402
 
@@ -60,19 +57,9 @@ def peak(batches: list[int], accs: list[float]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per setting (default 3)")
-    parser.add_argument("--quick", action="store_true", help="1 seed, every other batch size, 4 epochs / 300 steps")
-    parser.add_argument("--out", type=Path, default=FIGURES / "noise_smith_le", help="output prefix (.json, .png)")
-    parser.add_argument("--replot", action="store_true", help="redraw the figure from OUT.json only")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.replot:
-        plot(json.loads(args.out.with_suffix(".json").read_text()), args.out.with_suffix(".png"))
+    args = example_args(__doc__, "noise_smith_le", 3, "1 seed, every other batch size, 4 epochs / 300 steps", argv, plot)
+    if args is None:
         return 0
-    if args.seeds < 1:
-        parser.error("--seeds must be >= 1")
-    torch.set_num_threads(1)
     from tqdm import tqdm
 
     batches = BATCHES[::2] if args.quick else BATCHES
@@ -117,11 +104,7 @@ def main(argv=None) -> int:
         lines.append(f"{run['protocol']:7s} {run['epsilon']:5g} {run['n_train']:5d}  {run['b_opt']['grid']:12d} "
                      f"{(f'{fit:.1f}' if fit else '-'):>11s} {str(run['b_opt_per_seed']):>14s} {acc:8.4f} "
                      f"{run['g_opt']:7.1f}{edge}")
-    results["table"] = lines
-    print("\n".join(lines))
-    write_json(args.out.with_suffix(".json"), results)
-    plot(results, args.out.with_suffix(".png"))
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')} ({results['seconds']:.0f} s)")
+    write_results(results, lines, args.out, plot)
     return 0
 
 
