@@ -64,3 +64,23 @@ def test_hvp_matches_the_materialized_hessian():
     torch.testing.assert_close(hy, full[1][0] @ v[0] + full[1][1] @ v[1])
     assert torch.equal(hu, torch.zeros(4, dtype=torch.float64))
     assert float(vdot(v, v)) == pytest.approx(sum(float((t * t).sum()) for t in v))
+
+
+@pytest.mark.parametrize("size", [1e-160, 1e160])
+def test_cg_solves_right_hand_sides_of_extreme_scale(size):
+    """Inner products of order ||b||^2 under- or overflow float64 at these scales; the solution,
+    linear in b, must not (Follow-the-Ridge's right-hand side shrinks like this as it converges)."""
+    a = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    b = torch.tensor([1.0, -2.0], dtype=torch.float64) * size
+    result = conjugate_gradient(lambda v: a @ v, b, max_iter=5)
+    torch.testing.assert_close(result.x, torch.linalg.solve(a, b), rtol=1e-12, atol=0)
+    assert result.residual_norm <= 1e-12 * size
+
+
+def test_cg_stops_when_the_system_is_solved_before_max_iter():
+    """A 1-D system is solved by the first iteration; the next search direction vanishes, which is
+    convergence, not a matrix that fails to be positive definite."""
+    result = conjugate_gradient(lambda v: 3.0 * v, torch.tensor([0.7], dtype=torch.float64), max_iter=5)
+    torch.testing.assert_close(result.x, torch.tensor([0.7 / 3.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="not positive definite"):
+        conjugate_gradient(lambda v: -v, torch.tensor([1.0, 2.0], dtype=torch.float64), max_iter=3)

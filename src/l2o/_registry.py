@@ -64,13 +64,15 @@ def import_object(path: str, what: str) -> Any:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r} ({what} {path!r})") from None
 
 
-def import_instance(path: str, what: str, kind: type, label: str, kwargs: dict[str, Any] | None = None) -> Any:
-    """A ``kind`` (named ``label`` in errors, e.g. "l2o.tasks.Task") imported by
-    :func:`import_object`: the object itself, or what calling it with ``kwargs`` returns."""
+def import_instance(path: str, what: str, kind: type | tuple[type, ...], label: str,
+                    kwargs: dict[str, Any] | None = None) -> Any:
+    """A ``kind`` (a class or a tuple of classes, named ``label`` in errors, e.g. "l2o.tasks.Task")
+    imported by :func:`import_object`: the object itself, or what calling it with ``kwargs`` returns."""
     obj = import_object(path, what)
     if isinstance(obj, kind):
         if kwargs:
-            raise ValueError(f"{what} {path!r} is a {kind.__name__}, not a function: it takes no arguments, got {kwargs}")
+            raise ValueError(f"{what} {path!r} is a {type(obj).__name__} object, not a function: it takes no "
+                             f"arguments, got {kwargs}")
         return obj
     if callable(obj):
         obj = obj(**(kwargs or {}))

@@ -10,6 +10,7 @@ treat a tuple as the concatenation of its flattened parts, without copying it in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,15 @@ def vdot(a: Vector, b: Vector) -> torch.Tensor:
     return total if total is not None else torch.zeros(())
 
 
+def _norm(v: Vector) -> float:
+    """||v||, computed without overflow or underflow of its square (scaled by the largest entry)."""
+    parts = [p.detach() for p in _parts(v)]
+    largest = max((float(p.abs().max()) for p in parts if p.numel()), default=0.0)
+    if largest == 0.0 or not math.isfinite(largest):
+        return largest
+    return largest * math.sqrt(sum(float(torch.sum((p.double() / largest) ** 2)) for p in parts))
+
+
 def axpy(alpha, x: Vector, y: Vector) -> Vector:
     """``alpha * x + y``, out of place (``alpha`` a number or a 0-dim tensor)."""
     return _like(y, [b + alpha * a for a, b in zip(_parts(x), _parts(y))])
@@ -56,6 +66,12 @@ class CGResult:
     iterations: int
     residual_norm: float
     converged: bool
+
+
+#: ||b|| outside this range is scaled to 1 before solving (products of order ||b||^2 stay normal floats)
+_SAFE_SCALE = (1e-100, 1e100)
+#: a residual this small relative to ||b|| is an exact solution (a float64 rounding error)
+_EPS = 1e-15
 
 
 def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_iter: int, tol: float = 0.0,
@@ -79,9 +95,15 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_ite
         raise ValueError(f"max_iter must be a whole number >= 1, got {max_iter!r}")
     if tol < 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
-    b_norm = float(torch.sqrt(vdot(b, b)))
-    if not torch.isfinite(torch.tensor(b_norm)):
+    b_norm = _norm(b)
+    if not math.isfinite(b_norm):
         raise ValueError("conjugate_gradient: the right-hand side is not finite")
+    if b_norm > 0 and not _SAFE_SCALE[0] <= b_norm <= _SAFE_SCALE[1]:
+        # The solution is linear in b: solve for b / ||b|| and scale back, so that the inner
+        # products (of order ||b||^2) neither underflow to 0 near a converged fixed point nor overflow.
+        unit = conjugate_gradient(matvec, scale(1.0 / b_norm, b), max_iter=max_iter, tol=tol,
+                                  x0=None if x0 is None else scale(1.0 / b_norm, x0))
+        return CGResult(scale(b_norm, unit.x), unit.iterations, unit.residual_norm * b_norm, unit.converged)
     if x0 is None:
         x = scale(0.0, b)
         r = b
@@ -98,7 +120,9 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_ite
         ap = matvec(p)
         pap = vdot(p, ap)
         if not float(pap) > 0:
-            # A is not positive definite along p (or p vanished): CG's step is undefined.
+            if float(torch.sqrt(rr)) <= _EPS * b_norm:  # p vanished: b is solved to working precision
+                break
+            # A is not positive definite along p: CG's step is undefined.
             raise ValueError(f"conjugate_gradient: p^T A p = {float(pap):.3g} <= 0 at iteration {iterations}; "
                              "the matrix is not positive definite (damp it, or solve the normal equations)")
         alpha = rr / pap

@@ -58,6 +58,17 @@ def test_report_of_a_single_task_cuts_nothing(tmp_path, saved_figures):
     assert all(not outside for _, outside in saved_figures), saved_figures
 
 
+def test_report_of_games_cuts_nothing(tmp_path, saved_figures):
+    from l2o.bench.report import make_report
+
+    db = _sweep(tmp_path, ["game_f1_tiny", "game_mog1d_tiny"], ["gda", "ftr+rmsprop"],
+                grids={"gda": {"lr": [0.01, 0.1]}, "ftr+rmsprop": {"lr": [0.01, 0.1]}})
+    make_report(db, str(tmp_path / "report"))
+    names = sorted(name.rsplit("/", 1)[-1] for name, _ in saved_figures)
+    assert names == ["curves_games.png", "lr_sensitivity.png", "performance_profile_games.png"]
+    assert all(not outside for _, outside in saved_figures), saved_figures
+
+
 def test_meta_eval_figure_cuts_nothing(tmp_path, saved_figures):
     from l2o.meta.plot import plot_comparison
 

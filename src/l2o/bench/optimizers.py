@@ -16,7 +16,12 @@ A name is one of
   tuned and an untuned row can stand in one report;
 - ``NAME@adapt=KAPPA`` for a learned optimizer NAME (any of the forms above, and
   ``tuned:NAME@adapt=KAPPA``): run with ``LearnedOptimizer(..., adapt=KAPPA)``, the per-tensor
-  step-size adaptation (docs/methods/mlp_lopt.md).
+  step-size adaptation (docs/methods/mlp_lopt.md);
+- for games, a two-player optimizer of ``l2o.minimax`` (``gda``, ``extragradient``, ``ogda``,
+  ``ftr``), optionally preconditioned as ``NAME+rmsprop`` or ``NAME+adam``; a class of one's
+  own given as a path is built as ``Class(x_params, y_params, lr_x=..., lr_y=..., **rest)`` on a
+  game. The protocol's ``lr`` sets both players' step sizes; ``lr_x``/``lr_y`` in a grid set them
+  apart.
 
 Resolution is lazy: nothing is imported until a name is used, and an optimizer whose module
 fails to import is reported as unavailable only when it is asked for.
@@ -49,6 +54,8 @@ SELF_TUNING = {"yellowfin"}
 TUNED_PREFIX = "tuned:"
 #: ``NAME@adapt=KAPPA``: a learned optimizer with ``LearnedOptimizer(adapt=KAPPA)``.
 ADAPT_SUFFIX = "@adapt="
+#: ``NAME+rmsprop`` / ``NAME+adam``: a two-player optimizer preconditioned by those statistics.
+PRECONDITION_SUFFIXES = ("rmsprop", "adam")
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,7 @@ class OptimizerSpec:
 
     Attributes:
         name: the name it was asked for (used in the results store and reports).
-        kind: "builtin", "l2o", "learned" or "class".
+        kind: "builtin", "l2o", "learned", "minimax" (a two-player optimizer) or "class".
         tunable: whether the protocol tunes its learning rate (False for learned and
             self-tuning optimizers, which are reported untuned).
     """
@@ -71,14 +78,45 @@ class OptimizerSpec:
     adapt: float | None = None
     #: for learned optimizers: the weights file the name resolved to (once, in :func:`resolve`).
     weights: str = ""
+    #: for two-player optimizers (``NAME+rmsprop``): the preconditioner; None: plain gradients.
+    precondition: str | None = None
 
     @property
     def multiplier_tuned(self) -> bool:
         """True for ``tuned:NAME``: the protocol tunes a step multiplier, not a learning rate."""
         return bool(self.base)
 
+    @property
+    def two_player(self) -> bool:
+        """An optimizer of games only (``l2o.minimax``); a class given by path may be either."""
+        return self.kind == "minimax"
+
+    def game_factory(self, hyperparameters: dict[str, Any]) -> Callable:
+        """A function ``(x_params, y_params) -> two-player optimizer`` for ``l2o.minimax.play``."""
+        if self.kind not in ("minimax", "class"):
+            raise ValueError(f"{self.name!r} is a one-player optimizer; a game needs a two-player one "
+                             f"({', '.join(two_player_names())}, NAME+rmsprop, NAME+adam, or a class of your own "
+                             "taking (x_params, y_params, lr_x=..., lr_y=...))")
+        hp = dict(hyperparameters)
+        lr = hp.pop("lr", None)
+        if lr is not None:  # the protocol's one step size, for both players unless a grid sets them apart
+            hp.setdefault("lr_x", lr)
+            hp.setdefault("lr_y", lr)
+        if self.precondition is not None:
+            hp.setdefault("precondition", self.precondition)
+        if self.kind == "minimax":
+            from l2o.minimax import OPTIMIZERS
+
+            cls = OPTIMIZERS[self.name.split("+", 1)[0]]
+        else:
+            cls = import_class(self.name)
+        return lambda xs, ys: cls(xs, ys, **hp)
+
     def factory(self, hyperparameters: dict[str, Any]) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
         """A function ``params -> optimizer`` for ``train``."""
+        if self.two_player:
+            raise ValueError(f"{self.name!r} is a two-player optimizer: it plays games (e.g. game_f1, mog1d), "
+                             "not tasks")
         hp = dict(hyperparameters)
         if self.base:
             return resolve(self.base).factory(hp)
@@ -122,9 +160,17 @@ def _learned_names() -> list[str]:
         return []
 
 
+def two_player_names() -> list[str]:
+    """The two-player optimizers of ``l2o.minimax`` (each also as ``NAME+rmsprop``, ``NAME+adam``)."""
+    from l2o.minimax import OPTIMIZERS
+
+    return list(OPTIMIZERS)
+
+
 def available() -> dict[str, list[str]]:
     """Known optimizer names by kind (dotted paths to classes are accepted too)."""
-    return {"builtin": sorted(BUILTINS), "l2o": _l2o_names(), "learned": _learned_names()}
+    return {"builtin": sorted(BUILTINS), "l2o": _l2o_names(), "learned": _learned_names(),
+            "two-player, for games (also as NAME+rmsprop, NAME+adam)": two_player_names()}
 
 
 def import_class(path: str) -> type:
@@ -175,6 +221,12 @@ def resolve(name: str) -> OptimizerSpec:
         except Exception as exc:
             raise ValueError(f"optimizer {low!r} is registered in l2o.optim but cannot be imported: {exc}") from exc
         return OptimizerSpec(low, "l2o", tunable=low not in SELF_TUNING)
+    game_name, plus, precondition = low.partition("+")
+    if game_name in two_player_names():
+        if plus and precondition not in PRECONDITION_SUFFIXES:
+            raise ValueError(f"{name!r}: a two-player optimizer is preconditioned as "
+                             f"{' or '.join(f'{game_name}+{p}' for p in PRECONDITION_SUFFIXES)}")
+        return OptimizerSpec(low, "minimax", tunable=True, precondition=precondition or None)
     learned = _learned_names()
     if key in learned or key.startswith("learned:"):
         from l2o.learned.weights import load_rule, resolve_weights
@@ -191,7 +243,7 @@ def resolve(name: str) -> OptimizerSpec:
     if "." in key or ":" in key:
         import_class(key)  # fail now, with the reason, rather than inside a worker
         return OptimizerSpec(key, "class", tunable=True)
-    known = sorted(BUILTINS) + l2o_names + learned
+    known = sorted(BUILTINS) + l2o_names + learned + two_player_names()
     close = difflib.get_close_matches(low, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"unknown optimizer {name!r}.{hint} Known: {', '.join(known)}; "

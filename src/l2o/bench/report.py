@@ -11,6 +11,10 @@ Output (in ``out_dir``):
 - ``performance_profile.png``: Dolan-Moré profile across tasks on the reported metric.
 - ``summary.json``, ``curves_train.json``, ``curves_test.json``, ``lr_sensitivity.csv``,
   ``performance_profile.csv``: the numbers behind the table and the figures.
+
+Games (:mod:`l2o.minimax`) get their own table layout (the game's metric, both players' gradient
+norms, mode coverage for GANs, time per step relative to GDA) and ``curves_games.png``/``.json``
+(metric and gradient norm against step); their profile is ``performance_profile_games.png``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ MIN_SMOOTH_WINDOW = 10
 TIME_REFERENCES = ("sgd", "momentum", "nag", "rmsprop", "adam")
 #: How every table of the report states its spread.
 SPREAD = "mean ± std"
+#: The time reference of games: the first of these two-player optimizers that ran on the game.
+GAME_TIME_REFERENCES = ("gda", "gda+rmsprop", "gda+adam")
+#: How the report names a game metric.
+GAME_METRIC_LABELS = {"distance": "distance to the equilibrium", "grad_norm": "‖∇ₓf‖ + ‖∇ᵧf‖",
+                      "grad_x_norm": "‖∇ₓf‖", "grad_y_norm": "‖∇ᵧf‖", "f": "f(x, y)"}
 
 
 def smooth_window(steps: int) -> int:
@@ -106,6 +115,9 @@ def collect(store: ResultsStore) -> dict[str, Any]:
                 if canonical_json(r["hparams"]) == hp and r["seed"] in sel["final_seeds"] and r["steps"] == sel["steps"]]
         finished = [r for r in rows if r["status"] in ("complete", "diverged")]
         complete = [r for r in rows if r["status"] == "complete"]
+        if any(r["task_config"].get("game") for r in rows):
+            results.setdefault(task, {})[opt] = _collect_game(store, sel, rows, finished, complete)
+            continue
         train_curves, plot_curves, test_curves, b_simple = [], [], [], []
         for r in complete:
             curves = store.curves(r["id"])
@@ -141,8 +153,44 @@ def collect(store: ResultsStore) -> dict[str, Any]:
     return results
 
 
+def _collect_game(store: ResultsStore, sel: dict[str, Any], rows, finished, complete) -> dict[str, Any]:
+    """:func:`collect`'s entry for a game: final metrics and the metric curves of its final runs."""
+    task, opt = sel["task"], sel["optimizer"]
+    curves = [store.curves(r["id"]) for r in complete]
+    metric = next((r["selection_split"] for r in complete if r["selection_split"]), None)
+
+    def finals(name):
+        return metrics.mean_std([c[name][1][-1] if name in c and c[name][1] else None for c in curves])
+
+    tune_rows = [r for r in store.runs(task=task, optimizer=opt) if r["seed"] in sel["tune_seeds"]
+                 and r["steps"] == sel["steps"]] if sel["tuned"] else []
+    return {
+        "game": True, "metric": metric, "selection": sel,
+        "n_seeds": len(sel["final_seeds"]), "n_finished": len(finished),
+        "n_diverged": sum(r["status"] == "diverged" for r in rows),
+        "n_failed": sum(r["status"] == "failed" for r in rows),
+        "final": {name: finals(name) for name in ("distance", "grad_norm", "grad_x_norm", "grad_y_norm", "f",
+                                                  "modes_covered", "high_quality")
+                  if any(name in c for c in curves)},
+        "modes": next((int(c["modes"][1][-1]) for c in curves if "modes" in c), None),
+        "metric_curves": [c[metric] for c in curves if metric in c],
+        "grad_curves": [c["grad_norm"] for c in curves if "grad_norm" in c],
+        "seconds_per_step": [r["seconds_per_step"] for r in store.runs(task=task, optimizer=opt)
+                             if r["steps"] == sel["steps"] and r["status"] == "complete" and r["seconds_per_step"]],
+        "tuning": [(r["hparams"], r["seed"], r["selection_loss"] if r["status"] == "complete" else None)
+                   for r in tune_rows],
+        "steps": sel["steps"],
+        # what the task rows have, empty, so that code shared by both reads one shape
+        "test_loss": (math.nan, math.nan, 0), "test_accuracy": (math.nan, math.nan, 0),
+        "final_train_smoothed": [], "train_curves": [], "plot_curves": [], "test_curves": [], "b_simple": [],
+    }
+
+
 def _derived(task: str, per_opt: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Steps-to-target, speedup over tuned Adam and time ratio to SGD for one task."""
+    """Steps-to-target, speedup over tuned Adam and time ratio to SGD for one task (for a game:
+    the time ratio to GDA only)."""
+    if any(s.get("game") for s in per_opt.values()):
+        return _time_ratios(per_opt, GAME_TIME_REFERENCES)
     out = {o: {} for o in per_opt}
     baselines = {o: s["final_train_smoothed"] + [math.inf] * (s["n_seeds"] - len(s["final_train_smoothed"]))
                  for o, s in per_opt.items() if o in BUILTINS} or \
@@ -165,14 +213,21 @@ def _derived(task: str, per_opt: dict[str, Any]) -> dict[str, dict[str, Any]]:
             out[o]["speedup_vs_adam"] = metrics.speedup(adam_curve, float(own[-1]), s["steps"])
         else:
             out[o]["speedup_vs_adam"] = None
-        # time per step relative to the first baseline of TIME_REFERENCES that ran (SGD where it did)
-        ref = next((r for r in TIME_REFERENCES if r in per_opt and per_opt[r]["seconds_per_step"]), None)
+    for o, times in _time_ratios(per_opt, TIME_REFERENCES).items():
+        out[o].update(times)
+    return out
+
+
+def _time_ratios(per_opt: dict[str, Any], references: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Each optimizer's fastest seconds per step, over that of the first of ``references`` that
+    ran on the task (SGD for tasks where it did; GDA for games)."""
+    ref = next((r for r in references if r in per_opt and per_opt[r]["seconds_per_step"]), None)
+    out = {}
+    for o, s in per_opt.items():
         times = [v for v in s["seconds_per_step"] if v and math.isfinite(v)]
-        out[o]["seconds_per_step"] = min(times) if times else math.nan
-        out[o]["time_reference"] = ref
-        out[o]["time_ratio"] = metrics.time_ratio(s["seconds_per_step"], per_opt[ref]["seconds_per_step"]) \
-            if ref else math.nan
-        out[o]["time_vs_sgd"] = out[o]["time_ratio"] if ref == "sgd" else math.nan
+        ratio = metrics.time_ratio(s["seconds_per_step"], per_opt[ref]["seconds_per_step"]) if ref else math.nan
+        out[o] = {"seconds_per_step": min(times) if times else math.nan, "time_reference": ref,
+                  "time_ratio": ratio, "time_vs_sgd": ratio if ref == "sgd" else math.nan}
     return out
 
 
@@ -190,28 +245,40 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
                          + (f"; its tuning phase was stopped before any choice was made ({len(untuned)} task/optimizer "
                             f"pairs started): run the same 'l2o bench run ... --db {db_path}' command again to "
                             "finish it" if untuned else ""))
-    task_metric = {t: _metric_of(t) for t in results}
+    games = {t for t, per_opt in results.items() if _is_game(per_opt)}
+    task_metric = {t: _game_metric_of(results[t]) if t in games else _metric_of(t) for t in results}
     derived = {t: _derived(t, per_opt) for t, per_opt in results.items()}
 
+    spread = ("± is the sample standard deviation over the final seeds (every table: mean ± std); diverged seeds "
+              "are counted, not averaged.")
+    about_tasks = (
+        "Steps to target: median over the seeds that reach the target (the median final training loss, "
+        "smoothed over a trailing tenth of the budget (at least 10 steps), of the best baseline). Speedup over tuned "
+        "Adam: the step from which Adam's seed-mean smoothed training loss stays below the optimizer's final "
+        "seed-mean smoothed training loss (interpolated), over the optimizer's budget; Adam itself gets 1 "
+        "(≥: Adam does not get there within its budget, the speedup is at least that). "
+        "Time/step ÷ REF: seconds per step (evaluations included) of the optimizer's fastest complete run "
+        "on the task (tuning runs included) over the fastest of the reference baseline REF (the first of "
+        f"{', '.join(TIME_REFERENCES)} that ran on the task; with none of them, milliseconds per step); "
+        "load from other jobs only adds time. "
+        "Hyperparameters were chosen on validation/training loss, never on test numbers; ")
+    about_games = (
+        "Games (two players: x minimizes f(x, y), y maximizes it): the reported metric is measured at the end of "
+        "the budget on the game's evaluation batch, and tuning selects on the same metric (on the tuning seeds, "
+        "which are the first final seeds). Time/step ÷ REF: the fastest complete run's seconds per step (metric "
+        f"evaluations excluded) over that of the first of {', '.join(GAME_TIME_REFERENCES)} that ran on the game. ")
+    edges_note = ("'grid top'/'grid bottom' marks a chosen value that is the largest/smallest of its grid "
+                  "(the best value may lie beyond it: that row may be under-tuned).")
     lines = [f"# {title}", "",
              f"Results file: `{db_path}` ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))} runs). "
-             "± is the sample standard deviation over the final seeds (every table: mean ± std); diverged seeds "
-             "are counted, not averaged. "
-             f"Steps to target: median over the seeds that reach the target (the median final training loss, "
-             "smoothed over a trailing tenth of the budget (at least 10 steps), of the best baseline). Speedup over tuned Adam: the "
-             "step from which Adam's seed-mean smoothed training loss stays below the optimizer's final "
-             "seed-mean smoothed training loss (interpolated), over the optimizer's budget; Adam itself gets 1 "
-             "(≥: Adam does not get there within its budget, the speedup is at least that). "
-             "Time/step ÷ REF: seconds per step (evaluations included) of the optimizer's fastest complete run "
-             "on the task (tuning runs included) over the fastest of the reference baseline REF (the first of "
-             f"{', '.join(TIME_REFERENCES)} that ran on the task; with none of them, milliseconds per step); "
-             "load from other jobs only adds time. "
-             "Hyperparameters were chosen on validation/training loss, never on test numbers; "
-             "'grid top'/'grid bottom' marks a chosen value that is the largest/smallest of its grid "
-             "(the best value may lie beyond it: that row may be under-tuned).", ""]
+             + spread + " " + (about_tasks if len(games) < len(results) else "") + (about_games if games else "")
+             + edges_note, ""]
     summary_json: dict[str, Any] = {}
     missing: list[str] = []  # rows with fewer finished seeds than planned (an interrupted sweep)
     for task, per_opt in sorted(results.items()):
+        if task in games:
+            lines += _game_table(task, per_opt, derived[task], summary_json, missing)
+            continue
         metric = task_metric[task]
         first = next(iter(per_opt.values()))
         extra = " test loss |" if metric == "test_accuracy" else ""
@@ -264,9 +331,18 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
                 "b_simple_median": statistics.median(s["b_simple"]) if s["b_simple"] else None,
             }
         lines.append("")
-    lines += ["## Figures", "", "![training loss](curves_train.png)", "", "![test loss](curves_test.png)", "",
-              "![learning-rate sensitivity](lr_sensitivity.png)", "", "![performance profile](performance_profile.png)",
-              ""]
+    figures = []
+    if len(games) < len(results):
+        figures += [("training loss", "curves_train.png"), ("test loss", "curves_test.png")]
+    if games:
+        figures += [("games: metric and gradient norms", "curves_games.png")]
+    if any(s["tuning"] for per_opt in results.values() for s in per_opt.values()):
+        figures += [("learning-rate sensitivity", "lr_sensitivity.png")]
+    if len(games) < len(results):
+        figures += [("performance profile", "performance_profile.png")]
+    if games:
+        figures += [("performance profile of the games", "performance_profile_games.png")]
+    lines += ["## Figures", ""] + [line for alt, name in figures for line in (f"![{alt}]({name})", "")]
     if missing or untuned:
         warning = ["**Incomplete sweep.** "
                    + (f"{len(missing)} row(s) have fewer finished seeds than planned, so their numbers rest on "
@@ -277,13 +353,75 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
                      "runs are kept and only the missing ones run; then report again.", ""]
         lines[2:2] = warning
     (out / "summary.json").write_text(json.dumps(jsonable(summary_json), indent=2))
-    _plot_curves(results, out, kind="train")
-    _plot_curves(results, out, kind="test")
+    tasks_only = {t: v for t, v in results.items() if t not in games}
+    games_only = {t: v for t, v in results.items() if t in games}
+    if tasks_only:
+        _plot_curves(tasks_only, out, kind="train")
+        _plot_curves(tasks_only, out, kind="test")
+        _plot_profile(tasks_only, task_metric, out)
+    if games_only:
+        _plot_games(games_only, task_metric, out)
+        _plot_profile(games_only, task_metric, out, name="performance_profile_games")
     _plot_lr_sensitivity(results, out)
-    _plot_profile(results, task_metric, out)
     summary = out / "summary.md"
     summary.write_text("\n".join(lines))
     return summary
+
+
+def _is_game(per_opt: dict[str, Any]) -> bool:
+    return any(s.get("game") for s in per_opt.values())
+
+
+def _game_metric_of(per_opt: dict[str, Any]) -> str:
+    """The metric a game's runs were selected on (what :func:`l2o.bench.suites.game_metric` chose)."""
+    return next((s["metric"] for s in per_opt.values() if s.get("metric")), "grad_norm")
+
+
+def _game_table(task: str, per_opt: dict[str, Any], derived: dict[str, Any], summary_json: dict[str, Any],
+                missing: list[str]) -> list[str]:
+    """A game's section of summary.md (and its summary.json entry)."""
+    metric = _game_metric_of(per_opt)
+    label = GAME_METRIC_LABELS.get(metric, metric)
+    first = next(iter(per_opt.values()))
+    show_grad = metric != "grad_norm"
+    modes = next((s["modes"] for s in per_opt.values() if s["modes"]), None)
+    ref = derived[next(iter(per_opt))]["time_reference"]
+    time_head = f"time/step ÷ {ref}" if ref else "time/step (ms)"
+    head = (f"| optimizer | hyperparameters | {label} ({SPREAD}) |"
+            + (f" ‖∇ₓf‖ + ‖∇ᵧf‖ ({SPREAD}) |" if show_grad else "")
+            + (f" modes covered of {modes} ({SPREAD}) |" if modes else "") + f" diverged | {time_head} |")
+    lines = [f"## {task}", "", f"A game; budget {first['steps']} steps; reported metric: {label} at the end "
+             "(lower is better).", "", head, "|---|---|---|" + ("---|" if show_grad else "") + ("---|" if modes else "")
+             + "---|---|"]
+    summary_json[task] = {"game": True, "metric": metric, "steps": first["steps"], "optimizers": {}}
+    for opt, s in sorted(per_opt.items()):
+        d = derived[opt]
+        sel = s["selection"]
+        edges = grid_edges(sel["hparams"], s["tuning"]) if sel["tuned"] else {}
+        hp = _fmt_hp(sel["hparams"], edges) + ("" if sel["tuned"] else " (untuned)")
+        final = s["final"]
+        nan = (math.nan, math.nan, 0)
+        incomplete = s["n_finished"] < s["n_seeds"]
+        if incomplete:
+            missing.append(f"{task} / {opt}: {s['n_finished']} of {s['n_seeds']} seeds")
+        name = f"{opt} **(incomplete: {s['n_finished']}/{s['n_seeds']} seeds)**" if incomplete else opt
+        time_text = (f"{d['time_ratio']:.2f}" if math.isfinite(d["time_ratio"]) else "—") if ref \
+            else (f"{1e3 * d['seconds_per_step']:.3g}" if math.isfinite(d["seconds_per_step"]) else "—")
+        failed_text = f" ({s['n_failed']} failed)" if s["n_failed"] else ""
+        lines.append(f"| {name} | {hp} | {_fmt(*final.get(metric, nan)[:2])} |"
+                     + (f" {_fmt(*final.get('grad_norm', nan)[:2])} |" if show_grad else "")
+                     + (f" {_fmt(*final.get('modes_covered', nan)[:2], digits=2)} |" if modes else "")
+                     + f" {s['n_diverged']}/{s['n_seeds']}{failed_text} | {time_text} |")
+        summary_json[task]["optimizers"][opt] = {
+            "hparams": sel["hparams"], "tuned": sel["tuned"], "n_configs": sel["n_configs"], "grid_edges": edges,
+            "selection_loss": sel["selection_loss"],
+            **{f"{k}_mean": v[0] for k, v in final.items()}, **{f"{k}_std": v[1] for k, v in final.items()},
+            "seeds": s["n_seeds"], "diverged": s["n_diverged"], "failed": s["n_failed"],
+            "seeds_finished": s["n_finished"], "incomplete": incomplete,
+            "time_reference": ref, "time_per_step_vs_reference": d["time_ratio"],
+            "seconds_per_step": d["seconds_per_step"],
+        }
+    return lines + [""]
 
 
 def _label(name: str) -> str:
@@ -467,7 +605,9 @@ def _plot_lr_sensitivity(results, out: Path) -> dict[str, str]:
         ax.set_title(task)
         multipliers = any(opt.startswith(TUNED_PREFIX) for opt in series)
         ax.set_xlabel("learning rate" + (" (tuned:NAME: step multiplier)" if multipliers else ""))
-        ax.set_ylabel("selection loss (valid/train)")
+        game = _is_game(results[task])
+        ax.set_ylabel(f"final {GAME_METRIC_LABELS.get(task_metric_of(results, task), 'metric')}" if game
+                      else "selection loss (valid/train)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best", framealpha=0.7)
     for ax in list(axes.flat)[len(tasks):]:
@@ -477,7 +617,69 @@ def _plot_lr_sensitivity(results, out: Path) -> dict[str, str]:
     return scales
 
 
-def _plot_profile(results, task_metric, out: Path) -> None:
+def task_metric_of(results, task: str) -> str:
+    return _game_metric_of(results[task]) if _is_game(results[task]) else "selection loss"
+
+
+def _plot_games(results, task_metric, out: Path) -> None:
+    """Per game, two panels: the reported metric and ||grad_x f|| + ||grad_y f|| against the step,
+    the geometric mean over the complete seeds (log axes: these span decades) with the range of
+    the seeds as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(results)
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(10.4, 3.4 * len(tasks) + 0.9), squeeze=False)
+    colors = _colors({o for t in tasks for o in results[t]})
+    data, handles = {}, {}
+    for row, task in zip(axes, tasks):
+        metric = task_metric[task]
+        panels = [(metric, "metric_curves"), ("grad_norm", "grad_curves")]
+        for ax, (name, key) in zip(row, panels):
+            for opt, s in sorted(results[task].items()):
+                curves = s[key]
+                if not curves:
+                    continue
+                length = min(len(c[1]) for c in curves)
+                steps = np.asarray(curves[0][0][:length], dtype=float)
+                stack = np.array([c[1][:length] for c in curves], dtype=float)
+                positive = np.clip(stack, 1e-300, None)  # a zero (an exact equilibrium) drawn at the axis floor
+                mean = np.exp(np.log(positive).mean(axis=0))
+                (line,) = ax.plot(steps, mean, color=colors[opt], lw=1.5, label=opt)
+                handles.setdefault(opt, line)
+                ax.fill_between(steps, positive.min(axis=0), positive.max(axis=0), color=colors[opt], alpha=0.15, lw=0)
+                data.setdefault(task, {}).setdefault(name, {})[opt] = {
+                    "steps": steps.tolist(), "geometric_mean": mean.tolist(), "min": positive.min(axis=0).tolist(),
+                    "max": positive.max(axis=0).tolist(), "seeds": len(stack)}
+            ax.set_yscale("log")
+            ax.set_xlabel("step")
+            ax.set_ylabel(GAME_METRIC_LABELS.get(name, name))
+            ax.set_title(f"{task}: {GAME_METRIC_LABELS.get(name, name)}", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+        if metric == "grad_norm":  # the two panels would be the same: show each player's norm instead
+            row[1].clear()
+            for opt, s in sorted(results[task].items()):
+                finals = s["final"]
+                if "grad_x_norm" in finals:
+                    row[1].bar([f"{opt}\nx", f"{opt}\ny"], [finals["grad_x_norm"][0], finals["grad_y_norm"][0]],
+                               color=colors[opt], alpha=0.8)
+            row[1].set_yscale("log")
+            row[1].set_ylabel("final gradient norm (mean over seeds)")
+            row[1].set_title(f"{task}: each player's final gradient norm", fontsize=10)
+            row[1].tick_params(axis="x", labelsize=7)
+            row[1].grid(alpha=0.3, axis="y")
+    fig.suptitle("Games: geometric mean over seeds, band from the lowest to the highest seed")
+    ncol = max(1, min(len(handles), 6))
+    fig.legend([handles[o] for o in sorted(handles)], sorted(handles), loc="upper center", ncol=ncol,
+               bbox_to_anchor=(0.5, 1 - 0.4 / fig.get_figheight()), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
+    save_figure(fig, out / "curves_games.png", layout=False)
+    (out / "curves_games.json").write_text(json.dumps(jsonable(data)))
+
+
+def _plot_profile(results, task_metric, out: Path, name: str = "performance_profile") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -487,7 +689,10 @@ def _plot_profile(results, task_metric, out: Path) -> None:
     for task, per_opt in results.items():
         costs[task] = {}
         for opt, s in per_opt.items():
-            if task_metric[task] == "test_accuracy":
+            if s.get("game"):
+                mean = s["final"].get(task_metric[task], (math.nan,))[0]
+                value = max(mean, 1e-300) if math.isfinite(mean) else math.inf
+            elif task_metric[task] == "test_accuracy":
                 value = 1.0 - s["test_accuracy"][0] if math.isfinite(s["test_accuracy"][0]) else math.inf
                 value = max(value, 1e-4)  # a perfect score still gets a finite ratio
             else:
@@ -503,7 +708,7 @@ def _plot_profile(results, task_metric, out: Path) -> None:
             max_ratio = max(max_ratio, 1.05 * max(finite) / min(finite))
     taus = np.logspace(0, math.log10(max_ratio), 300)
     profile = metrics.performance_profile(costs, taus)
-    with open(out / "performance_profile.csv", "w", newline="") as f:
+    with open(out / f"{name}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["tau", *profile])
         for i, tau in enumerate(taus):
@@ -516,7 +721,9 @@ def _plot_profile(results, task_metric, out: Path) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("τ (within a factor τ of the best on the task)")
     ax.set_ylabel("fraction of tasks")
-    ax.set_title(f"Performance profile over {len(costs)} tasks\n(test loss; 1 − accuracy on accuracy tasks)")
+    games = all(_is_game(per_opt) for per_opt in results.values())
+    what = "the final game metric" if games else "test loss; 1 − accuracy on accuracy tasks"
+    ax.set_title(f"Performance profile over {len(costs)} {'games' if games else 'tasks'}\n({what})")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", fontsize=9)
-    save_figure(fig, out / "performance_profile.png")
+    save_figure(fig, out / f"{name}.png")

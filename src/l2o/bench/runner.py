@@ -12,6 +12,11 @@ The protocol, per (task, optimizer):
 
 Optimizers that are not tuned (learned ones, YellowFin) skip 1-2 and run their defaults.
 
+Games (:mod:`l2o.minimax`) follow the same protocol with two-player optimizers: each run is
+:func:`l2o.minimax.play`, and the selection loss is the game's final metric
+(:func:`l2o.bench.suites.game_metric`: the distance to the equilibrium where it is known, else
+||grad_x f|| + ||grad_y f||), measured on the game's evaluation batch.
+
 Every run goes into the results store as soon as it ends; runs already there (complete or
 diverged) are skipped, so re-running a sweep resumes it. ``workers > 1`` runs trials in that
 many processes, each writing to the store itself.
@@ -30,7 +35,7 @@ from typing import Any
 from l2o.bench import grids as grids_mod
 from l2o.bench.optimizers import OptimizerSpec, resolve
 from l2o.bench.store import ResultsStore, canonical_json, run_key
-from l2o.bench.suites import TaskPreset, get_preset
+from l2o.bench.suites import TaskPreset, game_metric, get_preset, is_game
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -79,6 +84,8 @@ def execute(spec: RunSpec) -> tuple[dict[str, Any], dict[str, tuple[list, list]]
     record: dict[str, Any] = {"run_key": spec.key, "task": spec.task, "task_config": spec.preset.config(),
                               "optimizer": spec.optimizer.name, "hparams": spec.hparams_dict, "seed": spec.seed,
                               "steps": spec.steps}
+    if spec.preset.game:
+        return _execute_game(spec, record)
     captured: dict[str, Any] = {}
 
     def hook(step, params):
@@ -113,6 +120,45 @@ def execute(spec: RunSpec) -> tuple[dict[str, Any], dict[str, tuple[list, list]]
         curves["test_loss"] = (result.eval_steps, [e["loss"] for e in result.eval_curve])
         if "accuracy" in result.eval_curve[0]:
             curves["test_accuracy"] = (result.eval_steps, [e["accuracy"] for e in result.eval_curve])
+    return record, curves
+
+
+#: the game metrics stored as curves (those a game reports; each at the recorded steps)
+GAME_CURVES = ("f", "grad_norm", "grad_x_norm", "grad_y_norm", "distance", "modes_covered", "high_quality")
+
+
+def _execute_game(spec: RunSpec, record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[list, list]]]:
+    """Play one game run (:func:`l2o.minimax.play`): the store record and the metric curves.
+
+    The record's ``final_train_loss`` is f(x, y) at the end (the game's value, not a loss to
+    minimize), ``selection_loss`` the final :func:`game_metric` (``selection_split`` names it);
+    a run whose iterates or f become non-finite is diverged."""
+    from l2o.minimax import play
+
+    try:
+        game = _task_for(spec)
+        metric = game_metric(game)
+        result = play(game, spec.optimizer.game_factory(spec.hparams_dict), steps=spec.steps, seed=spec.seed,
+                      record_every=spec.eval_every or 1)
+    except Exception as exc:  # a failing optimizer is a result, not a crash of the sweep
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        record.update(status="failed", error=last, steps_done=0)
+        return record, {}
+    final = result.final
+    record.update(status="diverged" if result.diverged else "complete", steps_done=result.steps_done,
+                  seconds=result.seconds,
+                  seconds_per_step=result.seconds / result.steps_done if result.steps_done else None,
+                  final_train_loss=final.get("f"))
+    if not result.diverged:
+        if metric not in final:
+            record.update(status="failed", error=f"ValueError: game {spec.task!r} reports no metric {metric!r} "
+                                                 f"(it reports {', '.join(sorted(final))})")
+            return record, {}
+        record["selection_loss"], record["selection_split"] = final[metric], metric
+    curves = {name: (list(result.steps), [m[name] for m in result.metrics])
+              for name in GAME_CURVES if result.metrics and name in result.metrics[0]}
+    if "modes" in final:  # a GAN's number of modes: one point, for "modes covered" out of it
+        curves["modes"] = ([result.steps[-1]], [final["modes"]])
     return record, curves
 
 
@@ -316,15 +362,42 @@ class Plan:
         return [{"lr": lr} for lr in grids_mod.PROTOCOL_LR_GRIDS[self.protocol]], True
 
 
-def _check_configs(spec: OptimizerSpec, configs: list[dict[str, Any]]) -> None:
-    """Build each configuration once on a dummy parameter: a bad hyperparameter fails here."""
+def _check_configs(spec: OptimizerSpec, configs: list[dict[str, Any]], games: bool = False) -> None:
+    """Build each configuration once on dummy parameters (two players' for ``games``): a bad
+    hyperparameter fails here."""
     import torch
 
     for config in configs:
         try:
-            spec.factory(config)([torch.zeros(2, requires_grad=True)])
+            if games:
+                spec.game_factory(config)([torch.zeros(2, requires_grad=True)], [torch.zeros(2, requires_grad=True)])
+            else:
+                spec.factory(config)([torch.zeros(2, requires_grad=True)])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"optimizer {spec.name!r} rejects hyperparameters {config}: {exc}") from exc
+
+
+def _check_players(task_kinds: dict[str, bool], optimizers: list[OptimizerSpec]) -> None:
+    """Games take two-player optimizers and tasks one-player ones: refuse a sweep that mixes them
+    (run games and tasks as two sweeps; they may share one results file)."""
+    games = [t for t, game in task_kinds.items() if game]
+    tasks = [t for t, game in task_kinds.items() if not game]
+    if games and tasks:
+        raise ValueError(f"games ({', '.join(games)}) and tasks ({', '.join(tasks)}) need different optimizers "
+                         "(two-player and one-player): run them as two sweeps (they may share one --db)")
+    if games:
+        one = [o.name for o in optimizers if o.kind not in ("minimax", "class")]
+        if one:
+            from l2o.bench.optimizers import two_player_names
+
+            raise ValueError(f"{', '.join(one)}: one-player optimizer(s) cannot play the games {', '.join(games)}; "
+                             f"use two-player ones: {', '.join(two_player_names())} (each also as NAME+rmsprop, "
+                             "NAME+adam), or a class of your own taking (x_params, y_params, lr_x=..., lr_y=...)")
+    else:
+        two = [o.name for o in optimizers if o.two_player]
+        if two:
+            raise ValueError(f"{', '.join(two)}: two-player optimizer(s) play games (see 'l2o bench list'), not "
+                             f"the tasks {', '.join(tasks)}")
 
 
 def run_benchmark(plan: Plan, db_path: str, workers: int = 1, progress: bool = True, executor: str = "process",
@@ -336,14 +409,19 @@ def run_benchmark(plan: Plan, db_path: str, workers: int = 1, progress: bool = T
     """
     presets = {t: get_preset(t) for t in plan.tasks}
     optimizers = [resolve(name) for name in plan.optimizers]
-    configs = {}
-    for spec in optimizers:
-        configs[spec.name] = plan.grid_for(spec)
-        _check_configs(spec, configs[spec.name][0])
-    task_steps = {}
+    task_steps, task_kinds = {}, {}
     for task_id, preset in presets.items():
         task = preset.build(0)
         task_steps[task_id] = int(task.steps)
+        task_kinds[task_id] = is_game(task)
+        if task_kinds[task_id] and not preset.game:  # one's own game given as package.module:name
+            presets[task_id] = preset = TaskPreset(preset.task, preset.kwargs, preset.metric, preset.eval_every,
+                                                   preset.seed_kwarg, game=True)
+    _check_players(task_kinds, optimizers)
+    configs = {}
+    for spec in optimizers:
+        configs[spec.name] = plan.grid_for(spec)
+        _check_configs(spec, configs[spec.name][0], games=any(task_kinds.values()))
 
     def make(task_id, spec, config, seed):
         preset = presets[task_id]

@@ -17,16 +17,19 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
 
     run = sub.add_parser("run", help="tune and run optimizers on a suite (resumes an interrupted sweep)")
-    run.add_argument("--suite", default=None, help="smoke, small or deepobs_quadratic (see 'l2o bench list')")
+    run.add_argument("--suite", default=None,
+                     help="smoke, small, minimax or deepobs_quadratic (see 'l2o bench list')")
     run.add_argument("--tasks", default=None,
-                     help="comma-separated task ids (instead of, or to narrow, --suite); a task of your own as "
-                          "package.module:name (an l2o.tasks.Task or a function returning one)")
+                     help="comma-separated task ids (instead of, or to narrow, --suite), or game ids (game_f1, "
+                          "mog1d, ...: played by two-player optimizers); a task or game of your own as "
+                          "package.module:name (an l2o.tasks.Task or l2o.minimax.Game, or a function returning one)")
     run.add_argument("--optimizers", default=None,
                      help="comma-separated names: sgd, momentum, nag, rmsprop, adam, l2o.optim names, shipped "
                           "learned optimizers, learned:PATH for weights from 'l2o meta train', package.module:Class, "
                           "tuned:NAME for a learned or self-tuning optimizer "
                           "with its step multiplier tuned, or NAME@adapt=KAPPA for a learned optimizer with its "
-                          "per-tensor step-size adaptation on (default: the suite's)")
+                          "per-tensor step-size adaptation on; for games: gda, extragradient, ogda, ftr, each also "
+                          "as NAME+rmsprop or NAME+adam (default: the suite's)")
     run.add_argument("--grid", action="append", default=[], metavar="SPEC",
                      help="a hyperparameter grid, e.g. 'adam:lr=logspace(1e-5,1e2,36);betas=[(0.9,0.999)]' "
                           "(repeatable; replaces the default learning-rate grid of that optimizer, which must be "
@@ -236,14 +239,16 @@ def _export(args) -> int:
 
 def _list(args) -> int:
     from l2o.bench import optimizers
-    from l2o.bench.suites import SUITES, available_task_ids
+    from l2o.bench.suites import SUITES, available_game_ids, available_task_ids
 
     print("suites:")
     for name, suite in SUITES.items():
         print(f"  {name}: {suite.description} [{', '.join(suite.tasks)}]")
-    print("tasks: " + ", ".join(available_task_ids()))
-    print("tasks (your own): package.module:name, an l2o.tasks.Task or a function returning one (its own budget "
-          "and metric)")
+    games = available_game_ids()
+    print("tasks: " + ", ".join(t for t in available_task_ids() if t not in games))
+    print("games (two-player optimizers only): " + ", ".join(games))
+    print("tasks (your own): package.module:name, an l2o.tasks.Task or l2o.minimax.Game, or a function returning "
+          "one (its own budget and metric)")
     for kind, names in optimizers.available().items():
         print(f"optimizers ({kind}): " + (", ".join(names) or "(none)"))
     print("optimizers (any class): package.module:Class")

@@ -25,6 +25,7 @@ class PlayResult:
         trajectory: for games with one coordinate per player, (x, y) at every step.
         x, y: the final parameters (detached).
         diverged: f, a gradient or a parameter became non-finite; the run stopped there.
+        steps_done: the optimizer steps taken (the step that diverged not counted).
         seconds: wall-clock time of the optimizer steps.
     """
 
@@ -34,6 +35,7 @@ class PlayResult:
     x: Params = field(default_factory=dict)
     y: Params = field(default_factory=dict)
     diverged: bool = False
+    steps_done: int = 0
     seconds: float = 0.0
 
     @property
@@ -80,6 +82,7 @@ def play(game: Game, make_optimizer: OptimizerFactory, steps: int | None = None,
         if not all(bool(torch.isfinite(v).all()) for v in (*x.values(), *y.values())):
             out.diverged = True
             break
+        out.steps_done = t
         if scalar:
             out.trajectory.append((float(next(iter(x.values())).detach()), float(next(iter(y.values())).detach())))
         if t % record_every == 0 or t == steps:
@@ -91,8 +94,7 @@ def play(game: Game, make_optimizer: OptimizerFactory, steps: int | None = None,
                 break
         if progress is not None:
             progress(t)
-    else:
-        out.seconds += time.perf_counter() - start
+    out.seconds += time.perf_counter() - start  # the steps since the last record (up to a divergence)
     out.x = {k: v.detach().clone() for k, v in x.items()}
     out.y = {k: v.detach().clone() for k, v in y.items()}
     return out
