@@ -68,10 +68,12 @@ class CGResult:
     converged: bool
 
 
-#: ||b|| outside this range is scaled to 1 before solving (products of order ||b||^2 stay normal floats)
-_SAFE_SCALE = (1e-100, 1e100)
-#: a residual this small relative to ||b|| is an exact solution (a float64 rounding error)
-_EPS = 1e-15
+def _safe_range(b: Vector) -> tuple[float, float]:
+    """||b|| outside this range is scaled to 1 before solving, so that products of order ||b||^2
+    stay normal floats of b's dtype (float32: about 1e-16 to 1e16; float64: 1e-151 to 1e151)."""
+    info = torch.finfo(_parts(b)[0].dtype)
+    return math.sqrt(info.tiny) * 1e3, math.sqrt(info.max) * 1e-3
+
 
 
 def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_iter: int, tol: float = 0.0,
@@ -98,7 +100,7 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_ite
     b_norm = _norm(b)
     if not math.isfinite(b_norm):
         raise ValueError("conjugate_gradient: the right-hand side is not finite")
-    if b_norm > 0 and not _SAFE_SCALE[0] <= b_norm <= _SAFE_SCALE[1]:
+    if b_norm > 0 and not _safe_range(b)[0] <= b_norm <= _safe_range(b)[1]:
         # The solution is linear in b: solve for b / ||b|| and scale back, so that the inner
         # products (of order ||b||^2) neither underflow to 0 near a converged fixed point nor overflow.
         unit = conjugate_gradient(matvec, scale(1.0 / b_norm, b), max_iter=max_iter, tol=tol,
@@ -119,9 +121,12 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_ite
     for iterations in range(1, int(max_iter) + 1):
         ap = matvec(p)
         pap = vdot(p, ap)
+        if float(pap) == 0.0 and float(vdot(ap, ap)) == 0.0:
+            # A p vanished: p shrank to rounding (b solved to working precision, or products that
+            # underflow), or p lies in the null space of a singular A. CG cannot go further along
+            # p either way; what it found so far is its answer.
+            break
         if not float(pap) > 0:
-            if float(torch.sqrt(rr)) <= _EPS * b_norm:  # p vanished: b is solved to working precision
-                break
             # A is not positive definite along p: CG's step is undefined.
             raise ValueError(f"conjugate_gradient: p^T A p = {float(pap):.3g} <= 0 at iteration {iterations}; "
                              "the matrix is not positive definite (damp it, or solve the normal equations)")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from l2o.bench import optimizers
+from l2o.bench.deepobs import export_deepobs
 from l2o.bench.report import make_report
 from l2o.bench.runner import Plan, run_benchmark
 from l2o.bench.store import ResultsStore
@@ -83,9 +84,10 @@ def test_sweep_on_f1_finds_follow_the_ridge_converging_where_gda_does_not(tmp_pa
     data = json.loads((tmp_path / "report" / "summary.json").read_text())["game_f1_tiny"]
     assert data["game"] and data["metric"] == "distance"
     assert data["optimizers"]["ftr"]["distance_mean"] < 1e-3 < 1.0 < data["optimizers"]["gda"]["distance_mean"]
-    for name in ("curves_games.png", "performance_profile_games.png", "lr_sensitivity.png"):
+    for name in ("curves_games.png", "lr_sensitivity.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     assert not (tmp_path / "report" / "curves_train.png").exists()
+    assert export_deepobs(db, str(tmp_path / "deepobs")) == []  # DeepOBS has no games
 
 
 def test_gan_rows_report_mode_coverage(tmp_path):

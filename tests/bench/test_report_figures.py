@@ -65,7 +65,7 @@ def test_report_of_games_cuts_nothing(tmp_path, saved_figures):
                 grids={"gda": {"lr": [0.01, 0.1]}, "ftr+rmsprop": {"lr": [0.01, 0.1]}})
     make_report(db, str(tmp_path / "report"))
     names = sorted(name.rsplit("/", 1)[-1] for name, _ in saved_figures)
-    assert names == ["curves_games.png", "lr_sensitivity.png", "performance_profile_games.png"]
+    assert names == ["curves_games.png", "lr_sensitivity.png"]
     assert all(not outside for _, outside in saved_figures), saved_figures
 
 

@@ -9,7 +9,8 @@ Each file holds DeepOBS's keys: ``testproblem``, ``optimizer_name``, ``batch_siz
 ``test_losses``/``test_accuracies`` (our test evaluations, at ``eval_steps``) and
 ``train_losses`` (the minibatch training loss at those steps, averaged over the steps since the
 previous evaluation: DeepOBS evaluates on a separate pass over the training set instead).
-Only the final (selected) runs of each sweep are exported.
+Only the final (selected) runs of each sweep are exported; games (``l2o.minimax``), which DeepOBS
+does not have, are not.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def export_deepobs(db_path: str, out_dir: str) -> list[Path]:
             hp = canonical_json(sel["hparams"])
             for row in store.runs(task=sel["task"], optimizer=sel["optimizer"]):
                 if canonical_json(row["hparams"]) != hp or row["seed"] not in sel["final_seeds"] \
-                        or row["status"] == "failed":
+                        or row["status"] == "failed" or row["task_config"].get("game"):
                     continue
                 curves = store.curves(row["id"])
                 eval_steps, test_losses = curves.get("test_loss", ([], []))

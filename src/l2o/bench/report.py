@@ -14,7 +14,7 @@ Output (in ``out_dir``):
 
 Games (:mod:`l2o.minimax`) get their own table layout (the game's metric, both players' gradient
 norms, mode coverage for GANs, time per step relative to GDA) and ``curves_games.png``/``.json``
-(metric and gradient norm against step); their profile is ``performance_profile_games.png``.
+(metric and gradient norm against step).
 """
 
 from __future__ import annotations
@@ -340,8 +340,6 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
         figures += [("learning-rate sensitivity", "lr_sensitivity.png")]
     if len(games) < len(results):
         figures += [("performance profile", "performance_profile.png")]
-    if games:
-        figures += [("performance profile of the games", "performance_profile_games.png")]
     lines += ["## Figures", ""] + [line for alt, name in figures for line in (f"![{alt}]({name})", "")]
     if missing or untuned:
         warning = ["**Incomplete sweep.** "
@@ -360,8 +358,9 @@ def make_report(db_path: str, out_dir: str, title: str = "l2o benchmark") -> Pat
         _plot_curves(tasks_only, out, kind="test")
         _plot_profile(tasks_only, task_metric, out)
     if games_only:
+        # no performance profile of games: their metrics reach 0 (an equilibrium to the last bit)
+        # and span hundreds of decades, so ratios to the best say nothing
         _plot_games(games_only, task_metric, out)
-        _plot_profile(games_only, task_metric, out, name="performance_profile_games")
     _plot_lr_sensitivity(results, out)
     summary = out / "summary.md"
     summary.write_text("\n".join(lines))
@@ -581,6 +580,13 @@ def _plot_lr_sensitivity(results, out: Path) -> dict[str, str]:
         if not ceiling:
             ax.set_title(task)
             continue
+        if _is_game(results[task]):
+            # game metrics are >= 0 and span decades; an exact 0 (an equilibrium reached to the last
+            # bit) is drawn at a tenth of the smallest positive value
+            floor = min([m for m in ceiling if m > 0] or [1.0]) / 10
+            series = {o: (lrs, [max(m, floor) if np.isfinite(m) else m for m in means])
+                      for o, (lrs, means) in series.items()}
+            ceiling = [max(m, floor) for m in ceiling]
         lo, hi = min(ceiling), max(ceiling)
         scale, linthresh = y_scale(ceiling)
         log_y = scale != "linear"
@@ -659,17 +665,21 @@ def _plot_games(results, task_metric, out: Path) -> None:
             ax.set_title(f"{task}: {GAME_METRIC_LABELS.get(name, name)}", fontsize=10)
             ax.grid(alpha=0.3, which="both")
         if metric == "grad_norm":  # the two panels would be the same: show each player's norm instead
-            row[1].clear()
-            for opt, s in sorted(results[task].items()):
+            ax = row[1]
+            ax.clear()
+            ticks, labels = [], []
+            for i, (opt, s) in enumerate(sorted(results[task].items())):
                 finals = s["final"]
-                if "grad_x_norm" in finals:
-                    row[1].bar([f"{opt}\nx", f"{opt}\ny"], [finals["grad_x_norm"][0], finals["grad_y_norm"][0]],
-                               color=colors[opt], alpha=0.8)
-            row[1].set_yscale("log")
-            row[1].set_ylabel("final gradient norm (mean over seeds)")
-            row[1].set_title(f"{task}: each player's final gradient norm", fontsize=10)
-            row[1].tick_params(axis="x", labelsize=7)
-            row[1].grid(alpha=0.3, axis="y")
+                if "grad_x_norm" in finals:  # x and y side by side per optimizer, in its colour
+                    ax.bar([3 * i, 3 * i + 1], [finals["grad_x_norm"][0], finals["grad_y_norm"][0]],
+                           color=colors[opt], alpha=0.8)
+                    ticks += [3 * i, 3 * i + 1]
+                    labels += ["‖∇ₓf‖", "‖∇ᵧf‖"]
+            ax.set_xticks(ticks, labels, fontsize=8)
+            ax.set_yscale("log")
+            ax.set_ylabel("final gradient norm (mean over seeds)")
+            ax.set_title(f"{task}: each player's final gradient norm", fontsize=10)
+            ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Games: geometric mean over seeds, band from the lowest to the highest seed")
     ncol = max(1, min(len(handles), 6))
     fig.legend([handles[o] for o in sorted(handles)], sorted(handles), loc="upper center", ncol=ncol,
@@ -679,7 +689,7 @@ def _plot_games(results, task_metric, out: Path) -> None:
     (out / "curves_games.json").write_text(json.dumps(jsonable(data)))
 
 
-def _plot_profile(results, task_metric, out: Path, name: str = "performance_profile") -> None:
+def _plot_profile(results, task_metric, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -689,10 +699,7 @@ def _plot_profile(results, task_metric, out: Path, name: str = "performance_prof
     for task, per_opt in results.items():
         costs[task] = {}
         for opt, s in per_opt.items():
-            if s.get("game"):
-                mean = s["final"].get(task_metric[task], (math.nan,))[0]
-                value = max(mean, 1e-300) if math.isfinite(mean) else math.inf
-            elif task_metric[task] == "test_accuracy":
+            if task_metric[task] == "test_accuracy":
                 value = 1.0 - s["test_accuracy"][0] if math.isfinite(s["test_accuracy"][0]) else math.inf
                 value = max(value, 1e-4)  # a perfect score still gets a finite ratio
             else:
@@ -708,7 +715,7 @@ def _plot_profile(results, task_metric, out: Path, name: str = "performance_prof
             max_ratio = max(max_ratio, 1.05 * max(finite) / min(finite))
     taus = np.logspace(0, math.log10(max_ratio), 300)
     profile = metrics.performance_profile(costs, taus)
-    with open(out / f"{name}.csv", "w", newline="") as f:
+    with open(out / "performance_profile.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["tau", *profile])
         for i, tau in enumerate(taus):
@@ -721,9 +728,7 @@ def _plot_profile(results, task_metric, out: Path, name: str = "performance_prof
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("τ (within a factor τ of the best on the task)")
     ax.set_ylabel("fraction of tasks")
-    games = all(_is_game(per_opt) for per_opt in results.values())
-    what = "the final game metric" if games else "test loss; 1 − accuracy on accuracy tasks"
-    ax.set_title(f"Performance profile over {len(costs)} {'games' if games else 'tasks'}\n({what})")
+    ax.set_title(f"Performance profile over {len(costs)} tasks\n(test loss; 1 − accuracy on accuracy tasks)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", fontsize=9)
-    save_figure(fig, out / f"{name}.png")
+    save_figure(fig, out / "performance_profile.png")
