@@ -1,11 +1,15 @@
-"""Why Follow-the-Ridge does not beat GDA on the small GANs of ``l2o reproduce ftr``: two runs.
+"""Follow-the-Ridge on the first, small GAN setting that ``l2o reproduce ftr`` used (16-unit
+MLPs, one fixed batch of 64, step size 5e-4, 2000 steps; :data:`SMALL` below): two runs.
 
-1. FR with the paper's adaptive damping on ``mog1d`` (seed 0, the reproduction's settings),
+1. FR with the paper's adaptive damping on ``mog1d`` (seed 0, those settings),
    stepped by hand for 400 steps, printing every 20 steps the damping, the length of the
    correction H_yy⁻¹ H_yx Δx, the scale of the discriminator's own RMSprop step
    (lr·sqrt(n_y)) and both gradient norms.
 2. FR with a fixed damping (default 0.01, no adaptation) for the reproduction's 2000 steps on
    the same game and seed: the final metrics as JSON.
+
+The paper's own setting and the controlled experiments around it are in
+``examples/ftr_gan_settings.py`` and ``examples/ftr_gan_spectrum.py``.
 
 Usage::
 
@@ -26,8 +30,12 @@ from l2o.experiments import ftr
 from l2o.minimax import FollowTheRidge, gan_1d
 
 
+#: the small setting these diagnostics were made for (the reproduction now uses the paper's networks)
+SMALL = replace(ftr.FTRConfig(), gan_steps=2000, gan_lr=5e-4, hidden=16, batch_size=64, fixed_batch=True)
+
+
 def trace(steps: int = 400) -> None:
-    cfg = ftr.FTRConfig()
+    cfg = SMALL
     game = gan_1d(batch_size=cfg.batch_size, g_hidden=cfg.hidden, d_hidden=cfg.hidden, fixed_batch=True)
     gen = torch.Generator().manual_seed(0)
     x0, y0 = game.init_params(gen)
@@ -47,7 +55,7 @@ def trace(steps: int = 400) -> None:
 
 
 def fixed(damping: float) -> None:
-    cfg = replace(ftr.FTRConfig(), adaptive_damping=False, damping=damping)
+    cfg = replace(SMALL, adaptive_damping=False, damping=damping)
     r = ftr._run_gan("mog1d", "FR", 0, cfg, False)
     print(json.dumps({"damping": damping, "final": r["final"]}))
 
