@@ -240,6 +240,11 @@ def test_eval_prints_a_table_against_tuned_adam(tmp_path, capsys):
     assert "test accuracy" in capsys.readouterr().out
     accuracy = json.loads(out_json.read_text())["budgets"]["3"]["adam"]["test_accuracy"]
     assert 0.0 <= accuracy["mean"] <= 1.0 and accuracy["diverged"] == 0
+    # zero tuning seeds: refused in one line before any progress bar starts
+    assert main(["meta", "eval", "--weights", str(path), "--task", "digits_mlp", "--steps", "3",
+                 "--tune-seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "l2o: error: tune_seeds must be >= 1, got 0" in err and "eval:" not in err
 
 
 def test_eval_json_is_strict_when_a_run_diverges(tmp_path, monkeypatch, capsys, strict_json):

@@ -86,6 +86,8 @@ def compare_with_adam(rule: LearnedRule, task_name: str, task_kwargs: dict[str, 
 
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if tune_seeds < 1:  # checked before the progress bar starts
+        raise ValueError(f"tune_seeds must be >= 1, got {tune_seeds}")
     if not budgets or any(b < 1 for b in budgets):
         raise ValueError(f"budgets must be positive integers, got {budgets}")
     grid = adam_grid or [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
