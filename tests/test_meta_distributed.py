@@ -131,6 +131,13 @@ def test_two_processes_give_one_process_result(runs, name):
 
     rows = [json.loads(line) for line in (out / f"{name}2" / "history.jsonl").read_text().splitlines()]
     assert rows and all(row["world_size"] == 2 for row in rows)
+    # validation: each rank scores its share of the episodes; the all-reduced mean is the one-process one
+    alone = [json.loads(line) for line in (out / f"{name}1" / "history.jsonl").read_text().splitlines()]
+    vals = {row["step"]: row["val"] for row in rows if "val" in row}
+    assert vals and vals.keys() == {row["step"]: 0 for row in alone if "val" in row}.keys()
+    for row in alone:
+        if "val" in row:
+            assert abs(vals[row["step"]] - row["val"]) <= 1e-5 * (1 + abs(row["val"])), (row["step"], vals)
     assert read_history(out / f"{name}2" / "history.jsonl")[1]  # the validations are read as before
     card = json.loads((out / f"{name}2" / "weights.json").read_text())
     assert card["training"]["world_size"] == 2

@@ -15,8 +15,9 @@ processes of a process group:
   the steps), and a checkpoint gathers each particle from the rank that owns it.
 
 Every rank then takes the same clipped Adam step from the same all-reduced gradient (gloo's
-all-reduce hands every rank the same bits), so the rule's weights stay identical. Validation runs
-on every rank (the same fixed episodes), so the best weights agree too. Only rank 0 writes files;
+all-reduce hands every rank the same bits), so the rule's weights stay identical. Each rank scores
+its share of the fixed validation episodes and one all-reduce sums the scores, so every rank gets
+the same mean and the best weights agree too. Only rank 0 writes files;
 a checkpoint gathers the ranks' shares of the episodes in flight into whole episodes, so it is
 the one-process layout and a run resumes with any number of processes; on resume rank 0 reads
 the checkpoint and broadcasts it (only rank 0 needs the ``--out`` directory).
@@ -29,6 +30,7 @@ in another order than one process's single mean or sum.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import torch
@@ -212,6 +214,22 @@ class DistributedMetaTrainer(MetaTrainer):
                                          device=grad.device)])
         dist.all_reduce(packed)
         return packed[:-2].to(grad.dtype), float(packed[-2]), bool(packed[-1] == 0)
+
+    def validate(self) -> float:
+        """The one-process mean over the validation episodes, each scored on one rank (``rank,
+        rank + world, ...``); inf on every rank when one diverges anywhere."""
+        n = self.config.val_episodes
+        total, diverged = 0.0, 0.0
+        for index in _share(n, self.rank, self._world):
+            score = self.validation_score(index)
+            if math.isfinite(score):
+                total += score
+            else:
+                diverged = 1.0
+        device = next(self.rule.parameters()).device
+        packed = torch.tensor([total, diverged], dtype=torch.float64, device=device)
+        dist.all_reduce(packed)
+        return math.inf if float(packed[1]) > 0 else float(packed[0]) / n
 
     # -- episodes: a share of the batch in flight, whole episodes in checkpoints ---------------------
     def start_episode(self, index: int, validation: bool = False) -> Episode:

@@ -356,16 +356,22 @@ class MetaTrainer:
         """The mean validation score over the fixed validation episodes (lower is better; inf
         when one diverges)."""
         scores = []
+        for i in range(self.config.val_episodes):
+            score = self.validation_score(i)
+            if not math.isfinite(score):
+                return math.inf
+            scores.append(score)
+        return sum(scores) / len(scores)
+
+    def validation_score(self, index: int) -> float:
+        """The score of validation episode ``index`` (inf when it diverges)."""
         needs_final = isinstance(self.meta_loss, META_LOSSES["log_ratio"])
         with torch.no_grad():
-            for i in range(self.config.val_episodes):
-                episode = self.start_episode(i, validation=True)
-                result = episode.advance(self.rule, episode.horizon, self.meta_loss, final=needs_final)
-                if not result.finite:
-                    return math.inf
-                scores.append(self.meta_loss.validation(result.losses, result.final,
-                                                        float(episode.initial_loss.mean())))
-        return sum(scores) / len(scores)
+            episode = self.start_episode(index, validation=True)
+            result = episode.advance(self.rule, episode.horizon, self.meta_loss, final=needs_final)
+        if not result.finite:
+            return math.inf
+        return self.meta_loss.validation(result.losses, result.final, float(episode.initial_loss.mean()))
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _snapshot(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
