@@ -311,5 +311,8 @@ def test_grads_finite_helper():
     sparse = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.tensor([1.0, float("nan")]), (4,))
     assert not grads_finite([sparse])
     assert grads_finite([])
+    # finite entries whose squares overflow float32: the 2-norm is inf, the gradient is finite
+    assert grads_finite([torch.tensor([3e30, -3e30]), torch.ones(2)])
+    assert not grads_finite([torch.tensor([3e30, float("nan")])])
     with pytest.warns(NonFiniteGradientWarning, match="MyRule: .* at step 7; the step was skipped"):
         warn_nonfinite_skip("MyRule", torch.tensor(7.0))

@@ -46,9 +46,12 @@ class NonFiniteGradientWarning(RuntimeWarning):
 def grads_finite(grads: Sequence[torch.Tensor | None]) -> bool:
     """Whether every entry of every gradient is finite (``None`` gradients are ignored).
 
-    One reduction per (device, dtype) bucket (the largest magnitude of each tensor, which is
-    NaN or infinite exactly when some entry is) and one host synchronisation in all. Sparse
-    gradients are checked on their stored values.
+    One reduction per (device, dtype) bucket and one host synchronisation in the common case:
+    each tensor's 2-norm, which is finite only if every entry is. A 2-norm that is not finite
+    (a NaN or infinity, or finite entries whose squares overflow) is settled by the largest
+    magnitude, which is NaN or infinite exactly when some entry is. (The infinity-norm alone
+    would do, but on the CPU ``torch._foreach_norm(..., inf)`` runs some 20 times slower than
+    the 2-norm.) Sparse gradients are checked on their stored values.
     """
     dense: list[torch.Tensor] = []
     for g in grads:
@@ -60,12 +63,17 @@ def grads_finite(grads: Sequence[torch.Tensor | None]) -> bool:
             dense.append(g)
     if not dense:
         return True
-    maxima = []
-    for (bucket,) in group_by_device_and_dtype(dense):
-        maxima.extend(m.reshape(1) for m in torch._foreach_norm(bucket, math.inf))
-    largest = torch.cat([m.to(device="cpu", dtype=torch.float64) for m in maxima]) if len(
-        {m.device for m in maxima}) > 1 else torch.cat(maxima)
-    return bool(torch.isfinite(largest).all())
+    return _all_finite(dense, 2.0) or _all_finite(dense, math.inf)
+
+
+def _all_finite(tensors: list[torch.Tensor], order: float) -> bool:
+    """Whether the ``order``-norm of every tensor is finite (one host synchronisation)."""
+    norms = []
+    for (bucket,) in group_by_device_and_dtype(tensors):
+        norms.extend(m.reshape(1) for m in torch._foreach_norm(bucket, order))
+    both = torch.cat([m.to(device="cpu", dtype=torch.float64) for m in norms]) if len(
+        {m.device for m in norms}) > 1 else torch.cat(norms)
+    return bool(torch.isfinite(both).all())
 
 
 def warn_nonfinite_skip(name: str, step) -> None:
