@@ -141,8 +141,9 @@ def _run(args) -> int:
               f"are lost). To resume, run the same command again: finished runs are kept, the rest run.",
               file=sys.stderr)
         # The process pool's manager thread can be left waiting on a worker killed mid-start;
-        # joining it at interpreter exit then never returns. Everything is stored: the command may
-        # end at once (not on Ray, whose local instance is shut down by exit handlers).
+        # joining it at interpreter exit then never returns (CPython's open issue 83386, a hang at
+        # exit after ProcessPoolExecutor.shutdown(wait=False)). Everything is stored: the command
+        # may end at once (not on Ray, whose local instance is shut down by exit handlers).
         args.end_at_once = args.executor == "process"
         return 143 if isinstance(exc, Terminated) else 130
     for phase, c in totals.items():
