@@ -92,6 +92,26 @@ class GradientEstimator(ABC, Generic[S]):
         """Inverse of :meth:`state_to_tensors`; ``load_episode(tensors, meta, prefix)`` rebuilds an episode."""
 
 
+class EpisodeStateEstimator(GradientEstimator[S]):
+    """An estimator whose state is the episode in flight and nothing else (``state_type`` is a
+    dataclass with one field, ``episode``): BPTT and truncated ES."""
+
+    state_type: type
+
+    def init_state(self, episode, dim):
+        return self.state_type(episode)
+
+    @staticmethod
+    def episode_of(state):
+        return state.episode
+
+    def state_to_tensors(self, state, prefix):
+        return state.episode.to_tensors(f"{prefix}episode/")
+
+    def state_from_tensors(self, tensors, meta, prefix, load_episode):
+        return self.state_type(load_episode(tensors, meta, f"{prefix}episode/"))
+
+
 def flatten_module(module: nn.Module) -> Tensor:
     """The module's parameters as one detached flat vector."""
     return torch.nn.utils.parameters_to_vector([p.detach() for p in module.parameters()]).clone()
@@ -121,5 +141,5 @@ def pair_share(pairs: int, rank: int, world: int) -> range:
     return range(rank, pairs, world)
 
 
-__all__ = ["GradientEstimator", "Estimate", "Unroll", "flatten_module", "load_flat", "check_es", "perturbations",
+__all__ = ["GradientEstimator", "EpisodeStateEstimator", "Estimate", "Unroll", "flatten_module", "load_flat", "check_es", "perturbations",
            "pair_share"]

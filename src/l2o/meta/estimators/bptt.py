@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l2o.meta.estimators.base import Estimate, GradientEstimator, Unroll
+from l2o.meta.estimators.base import EpisodeStateEstimator, Estimate, Unroll
 
 
 @dataclass
@@ -24,16 +24,14 @@ class BPTTState:
     episode: Any
 
 
-class BPTT(GradientEstimator[BPTTState]):
+class BPTT(EpisodeStateEstimator[BPTTState]):
     """Truncated BPTT. ``parameters``: the tensors the meta-gradient is taken for (the rule's)."""
 
     name = "bptt"
+    state_type = BPTTState
 
     def __init__(self, parameters: list[Tensor]):
         self.parameters = list(parameters)
-
-    def init_state(self, episode, dim):
-        return BPTTState(episode)
 
     def estimate(self, unroll: Unroll, theta: Tensor, state: BPTTState, key: torch.Generator) -> Estimate[BPTTState]:
         meta_loss, finite = unroll.differentiable(state.episode)
@@ -45,16 +43,6 @@ class BPTT(GradientEstimator[BPTTState]):
         else:
             grad = torch.full_like(theta, math.nan if not math.isfinite(value) else 0.0)
         return Estimate(grad, value, state, finite)
-
-    @staticmethod
-    def episode_of(state):
-        return state.episode
-
-    def state_to_tensors(self, state, prefix):
-        return state.episode.to_tensors(f"{prefix}episode/")
-
-    def state_from_tensors(self, tensors, meta, prefix, load_episode):
-        return BPTTState(load_episode(tensors, meta, f"{prefix}episode/"))
 
 
 __all__ = ["BPTT", "BPTTState"]

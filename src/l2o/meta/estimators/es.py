@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from l2o.meta.estimators._math import es_gradient
-from l2o.meta.estimators.base import Estimate, GradientEstimator, Unroll, check_es, perturbations
+from l2o.meta.estimators.base import EpisodeStateEstimator, Estimate, Unroll, check_es, perturbations
 
 
 @dataclass
@@ -25,17 +25,15 @@ class TruncatedESState:
     episode: Any
 
 
-class TruncatedES(GradientEstimator[TruncatedESState]):
+class TruncatedES(EpisodeStateEstimator[TruncatedESState]):
     """Antithetic truncated ES with perturbation scale ``sigma`` and ``pairs`` antithetic pairs."""
 
     name = "es"
+    state_type = TruncatedESState
 
     def __init__(self, sigma: float, pairs: int):
         check_es(sigma, pairs)
         self.sigma, self.pairs = float(sigma), int(pairs)
-
-    def init_state(self, episode, dim):
-        return TruncatedESState(episode)
 
     def estimate(self, unroll: Unroll, theta: Tensor, state: TruncatedESState,
                  key: torch.Generator) -> Estimate[TruncatedESState]:
@@ -44,16 +42,6 @@ class TruncatedES(GradientEstimator[TruncatedESState]):
         losses, _ = unroll.forward(torch.cat([theta + eps, theta - eps]), particles)
         _, finite = unroll.forward(theta.unsqueeze(0), [state.episode])
         return Estimate(es_gradient(eps, losses, self.sigma), float(losses.mean()), state, finite)
-
-    @staticmethod
-    def episode_of(state):
-        return state.episode
-
-    def state_to_tensors(self, state, prefix):
-        return state.episode.to_tensors(f"{prefix}episode/")
-
-    def state_from_tensors(self, tensors, meta, prefix, load_episode):
-        return TruncatedESState(load_episode(tensors, meta, f"{prefix}episode/"))
 
 
 __all__ = ["TruncatedES", "TruncatedESState"]
