@@ -1,6 +1,18 @@
 """Shared test helpers."""
 
 import pytest
+import torch
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (restored after). The tensors of most tests are tiny; on
+    a loaded 2-core machine intra-op threading made some of them 20x slower than one thread.
+    Folders of such tests use it for every test (their conftest.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
