@@ -313,20 +313,29 @@ class YellowFin(L2OOptimizer):
         if group["max_move"] is not None and step_size * math.sqrt(sq_norm) > group["max_move"]:
             step_size = group["max_move"] / math.sqrt(sq_norm)
         tuner["yf_step_size"] = step_size
+        # The adaptive clip scales only what the update adds, so it is folded into the update's
+        # coefficient instead of writing a scaled copy of the gradients (and measuring its norm):
+        # with the default k = 1 it binds whenever |g|^2 exceeds the smoothed maximum curvature.
+        update_scale = 1.0
         if group["adaptive_clip"] is not None and not first:
-            grads, _ = _clip(grads, sq_norm, group["adaptive_clip"] * math.sqrt(h_max_before), foreach)
+            clip_to = group["adaptive_clip"] * math.sqrt(h_max_before)
+            if sq_norm > clip_to ** 2:
+                update_scale = clip_to / math.sqrt(sq_norm)
         momentum = tuner["yf_applied_momentum"]
         closed = group["closed_loop"]
+        if closed and update_scale != 1.0:  # the closed loop's measurement reads the clipped gradient
+            grads = torch._foreach_mul(grads, update_scale) if foreach else [g * update_scale for g in grads]
+            update_scale = 1.0
         before = [p.clone() for p in params] if closed else None
         # Heavy ball: v <- mu v - eta alpha g; x <- x + v  (x_{t+1} = x_t + mu (x_t - x_{t-1}) - eta alpha g_t).
         if foreach:
             for p_list, g_list, b_list in group_by_device_and_dtype(params, grads, buffers):
                 torch._foreach_mul_(b_list, momentum)
-                torch._foreach_add_(b_list, g_list, alpha=-step_size)
+                torch._foreach_add_(b_list, g_list, alpha=-step_size * update_scale)
                 torch._foreach_add_(p_list, b_list)
         else:
             for p, g, b in zip(params, grads, buffers):
-                b.mul_(momentum).add_(g, alpha=-step_size)
+                b.mul_(momentum).add_(g, alpha=-step_size * update_scale)
                 p.add_(b)
         if closed:
             self._close_loop(group, tuner, params, grads, before, step_size)
