@@ -254,16 +254,16 @@ def _report(command: str, cfg: FTRConfig, s: dict, plots: list[Path]) -> str:
         lines += ["", "Median of each run's last quarter of recorded gradient norms (geo-mean over seeds; per seed):",
                   "", "| method | ‖∇ₓf‖ | ‖∇ᵧf‖ |", "| --- | --- | --- |"]
         for m, r in d.items():
-            lines.append(
-                f"| {m} | {_fmt(r['grad_x_norm_tail_geomean'])} ({', '.join(_fmt(v) for v in r['grad_x_norm_tail_median'])}) | "
-                f"{_fmt(r['grad_y_norm_tail_geomean'])} ({', '.join(_fmt(v) for v in r['grad_y_norm_tail_median'])}) |")
+            cells = [f"{_fmt(r[f'{k}_tail_geomean'])} ({', '.join(_fmt(v) for v in r[f'{k}_tail_median'])})"
+                     for k in ("grad_x_norm", "grad_y_norm")]
+            lines.append(f"| {m} | {cells[0]} | {cells[1]} |")
         if "GDA" in d and "FR" in d:
             ratio_x = d["GDA"]["grad_x_norm_geomean"] / d["FR"]["grad_x_norm_geomean"]
             ratio_y = d["GDA"]["grad_y_norm_geomean"] / d["FR"]["grad_y_norm_geomean"]
             tx = d["GDA"]["grad_x_norm_tail_geomean"] / d["FR"]["grad_x_norm_tail_geomean"]
             ty = d["GDA"]["grad_y_norm_tail_geomean"] / d["FR"]["grad_y_norm_tail_geomean"]
-            lines += ["", f"GDA / FR gradient norm (geometric means over seeds): final x {ratio_x:.3g}x, y {ratio_y:.3g}x; "
-                      f"last-quarter median x {tx:.3g}x, y {ty:.3g}x (above 1: FR lower)."]
+            lines += ["", f"GDA / FR gradient norm (geometric means over seeds): final x {ratio_x:.3g}x, "
+                      f"y {ratio_y:.3g}x; last-quarter median x {tx:.3g}x, y {ty:.3g}x (above 1: FR lower)."]
     lines += ["", "## Figures", ""] + [f"- `{p.name}`" for p in plots] + [""]
     return "\n".join(lines)
 
