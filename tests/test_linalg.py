@@ -91,3 +91,8 @@ def test_cg_stops_when_the_system_is_solved_before_max_iter():
     singular = torch.diag(torch.tensor([2.0, 0.0], dtype=torch.float64))
     result = conjugate_gradient(lambda v: singular @ v, torch.tensor([1.0, 1.0], dtype=torch.float64), max_iter=4)
     assert torch.isfinite(result.x).all() and not result.converged
+    # declared semidefinite, a p^T A p <= 0 (rounding, for such a matrix) ends CG instead of raising
+    indefinite = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+    result = conjugate_gradient(lambda v: indefinite @ v, torch.tensor([1.0, 1.0], dtype=torch.float64), max_iter=3,
+                                semidefinite=True)
+    assert result.iterations == 1 and torch.equal(result.x, torch.zeros(2, dtype=torch.float64))

@@ -77,7 +77,7 @@ def _safe_range(b: Vector) -> tuple[float, float]:
 
 
 def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_iter: int, tol: float = 0.0,
-                       x0: Vector | None = None) -> CGResult:
+                       x0: Vector | None = None, semidefinite: bool = False) -> CGResult:
     """Solve ``A x = b`` for a symmetric positive-definite ``A`` given as ``matvec(v) = A v``.
 
     Args:
@@ -87,6 +87,9 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_ite
         tol: stop once ``||r|| <= tol * ||b||`` (0: run all ``max_iter`` iterations, as papers
             that fix the number of CG steps do).
         x0: the starting point (default zero, which needs no product with ``A``).
+        semidefinite: ``A`` is positive semidefinite by construction (normal equations, a
+            Gram matrix): a p^T A p <= 0 can only be rounding or the null space, so CG stops
+            there with what it found instead of raising.
 
     Returns:
         A :class:`CGResult`; ``x`` has the structure of ``b``. The iterations are ordinary
@@ -121,10 +124,11 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_ite
     for iterations in range(1, int(max_iter) + 1):
         ap = matvec(p)
         pap = vdot(p, ap)
-        if float(pap) == 0.0 and float(vdot(ap, ap)) == 0.0:
-            # A p vanished: p shrank to rounding (b solved to working precision, or products that
-            # underflow), or p lies in the null space of a singular A. CG cannot go further along
-            # p either way; what it found so far is its answer.
+        if (semidefinite and not float(pap) > 0) or (float(pap) == 0.0 and float(vdot(ap, ap)) == 0.0):
+            # A p vanished (or, for a semidefinite A, p^T A p <= 0 by rounding): p shrank to
+            # rounding (b solved to working precision, or products that underflow), or p lies in
+            # the null space of a singular A. CG cannot go further along p either way; what it
+            # found so far is its answer.
             break
         if not float(pap) > 0:
             # A is not positive definite along p: CG's step is undefined.

@@ -449,7 +449,8 @@ class FollowTheRidge(TwoPlayerOptimizer):
             hhv = self._hyy(gy, hv)
             return tuple(a + lam * w for a, w in zip(hhv, v))
 
-        result = conjugate_gradient(matvec, b, max_iter=self.cg_iters, tol=self.cg_tol)
+        # (H_yy^2 + lam I) is positive semidefinite: a p^T A p <= 0 is rounding, where CG stops
+        result = conjugate_gradient(matvec, b, max_iter=self.cg_iters, tol=self.cg_tol, semidefinite=True)
         return list(result.x), {"cg_iterations": result.iterations, "cg_residual": result.residual_norm}
 
     def correction(self, gx: list[Tensor], gy: list[Tensor], delta_x: list[Tensor]) -> tuple[list[Tensor], dict]:
