@@ -53,8 +53,10 @@ class SGLD(L2OOptimizer):
         noise: ``"generator"`` (default): ``normal_`` from ``generator``. ``"philox"``: the
             counter-based Philox4x32-10 generator, keyed once from ``generator``, with the noise of
             each tensor and step computed inside one compiled pass that also applies the update
-            (``torch.compile``, compiled on the first step; much faster on the CPU, where
-            ``normal_`` alone costs more than an Adam step). Both give exact N(0, 1) noise up to
+            (``torch.compile``, compiled on the first step). Whether it is faster than
+            ``normal_`` depends on the CPU: it was on the machine whose runs the docs read as
+            AVX-512, and it was about 2x slower on an AVX2-only one (docs/methods/sgld.md,
+            ``benchmarks/step_time.py``). Both give exact N(0, 1) noise up to
             24-bit uniforms; they are different streams, so chains differ between the two.
     """
 

@@ -269,7 +269,7 @@ class YellowFin(L2OOptimizer):
     def _step_group(self, group, params, grads):
         if not params:
             return
-        # Measured on CPU: the multi-tensor path is 7-10% faster here (benchmarks/step_time.py).
+        # Measured on CPU: the multi-tensor path was faster in every run (benchmarks/step_time.py).
         foreach = resolve_foreach(group["foreach"], params, cpu_default=True)
         tuner = self._tuner(group)
         first = tuner["yf_step"] == 0
