@@ -75,7 +75,6 @@ def _safe_range(b: Vector) -> tuple[float, float]:
     return math.sqrt(info.tiny) * 1e3, math.sqrt(info.max) * 1e-3
 
 
-
 def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_iter: int, tol: float = 0.0,
                        x0: Vector | None = None, semidefinite: bool = False) -> CGResult:
     """Solve ``A x = b`` for a symmetric positive-definite ``A`` given as ``matvec(v) = A v``.
@@ -103,7 +102,8 @@ def conjugate_gradient(matvec: Callable[[Vector], Vector], b: Vector, *, max_ite
     b_norm = _norm(b)
     if not math.isfinite(b_norm):
         raise ValueError("conjugate_gradient: the right-hand side is not finite")
-    if b_norm > 0 and not _safe_range(b)[0] <= b_norm <= _safe_range(b)[1]:
+    low, high = _safe_range(b)
+    if b_norm > 0 and not low <= b_norm <= high:
         # The solution is linear in b: solve for b / ||b|| and scale back, so that the inner
         # products (of order ||b||^2) neither underflow to 0 near a converged fixed point nor overflow.
         unit = conjugate_gradient(matvec, scale(1.0 / b_norm, b), max_iter=max_iter, tol=tol,

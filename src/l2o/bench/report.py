@@ -189,7 +189,7 @@ def _collect_game(store: ResultsStore, sel: dict[str, Any], rows, finished, comp
 def _derived(task: str, per_opt: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Steps-to-target, speedup over tuned Adam and time ratio to SGD for one task (for a game:
     the time ratio to GDA only)."""
-    if any(s.get("game") for s in per_opt.values()):
+    if _is_game(per_opt):
         return _time_ratios(per_opt, GAME_TIME_REFERENCES)
     out = {o: {} for o in per_opt}
     baselines = {o: s["final_train_smoothed"] + [math.inf] * (s["n_seeds"] - len(s["final_train_smoothed"]))
@@ -580,7 +580,8 @@ def _plot_lr_sensitivity(results, out: Path) -> dict[str, str]:
         if not ceiling:
             ax.set_title(task)
             continue
-        if _is_game(results[task]):
+        game = _is_game(results[task])
+        if game:
             # game metrics are >= 0 and span decades; an exact 0 (an equilibrium reached to the last
             # bit) is drawn at a tenth of the smallest positive value
             floor = min([m for m in ceiling if m > 0] or [1.0]) / 10
@@ -611,8 +612,7 @@ def _plot_lr_sensitivity(results, out: Path) -> dict[str, str]:
         ax.set_title(task)
         multipliers = any(opt.startswith(TUNED_PREFIX) for opt in series)
         ax.set_xlabel("learning rate" + (" (tuned:NAME: step multiplier)" if multipliers else ""))
-        game = _is_game(results[task])
-        ax.set_ylabel(f"final {GAME_METRIC_LABELS.get(task_metric_of(results, task), 'metric')}" if game
+        ax.set_ylabel(f"final {GAME_METRIC_LABELS.get(_game_metric_of(results[task]), 'metric')}" if game
                       else "selection loss (valid/train)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best", framealpha=0.7)
@@ -621,10 +621,6 @@ def _plot_lr_sensitivity(results, out: Path) -> dict[str, str]:
     fig.suptitle("Learning-rate sensitivity (x: diverged; dotted: chosen)")
     save_figure(fig, out / "lr_sensitivity.png")
     return scales
-
-
-def task_metric_of(results, task: str) -> str:
-    return _game_metric_of(results[task]) if _is_game(results[task]) else "selection loss"
 
 
 def _plot_games(results, task_metric, out: Path) -> None:
@@ -642,7 +638,8 @@ def _plot_games(results, task_metric, out: Path) -> None:
     data, handles = {}, {}
     for row, task in zip(axes, tasks):
         metric = task_metric[task]
-        panels = [(metric, "metric_curves"), ("grad_norm", "grad_curves")]
+        # the gradient norms beside the metric; where they are the metric, each player's final norm
+        panels = [(metric, "metric_curves")] + ([("grad_norm", "grad_curves")] if metric != "grad_norm" else [])
         for ax, (name, key) in zip(row, panels):
             for opt, s in sorted(results[task].items()):
                 curves = s[key]
@@ -664,9 +661,8 @@ def _plot_games(results, task_metric, out: Path) -> None:
             ax.set_ylabel(GAME_METRIC_LABELS.get(name, name))
             ax.set_title(f"{task}: {GAME_METRIC_LABELS.get(name, name)}", fontsize=10)
             ax.grid(alpha=0.3, which="both")
-        if metric == "grad_norm":  # the two panels would be the same: show each player's norm instead
+        if metric == "grad_norm":
             ax = row[1]
-            ax.clear()
             ticks, labels = [], []
             for i, (opt, s) in enumerate(sorted(results[task].items())):
                 finals = s["final"]

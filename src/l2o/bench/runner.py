@@ -29,7 +29,7 @@ import sys
 import traceback
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from l2o.bench import grids as grids_mod
@@ -415,8 +415,7 @@ def run_benchmark(plan: Plan, db_path: str, workers: int = 1, progress: bool = T
         task_steps[task_id] = int(task.steps)
         task_kinds[task_id] = is_game(task)
         if task_kinds[task_id] and not preset.game:  # one's own game given as package.module:name
-            presets[task_id] = preset = TaskPreset(preset.task, preset.kwargs, preset.metric, preset.eval_every,
-                                                   preset.seed_kwarg, game=True)
+            presets[task_id] = replace(preset, game=True)
     _check_players(task_kinds, optimizers)
     configs = {}
     for spec in optimizers:

@@ -216,8 +216,8 @@ def available_game_ids() -> list[str]:
 
 
 def available_task_ids() -> list[str]:
+    """Every task id: the presets, the registered tasks and the games (:func:`available_game_ids`)."""
     from l2o import tasks
 
-    from l2o.minimax import GAMES
-
-    return sorted({t for t, p in PRESETS.items() if _preset_available(p)} | set(tasks.available()) | set(GAMES))
+    return sorted({t for t, p in PRESETS.items() if _preset_available(p)} | set(tasks.available())
+                  | set(available_game_ids()))

@@ -71,9 +71,9 @@ def _all_finite(tensors: list[torch.Tensor], order: float) -> bool:
     norms = []
     for (bucket,) in group_by_device_and_dtype(tensors):
         norms.extend(m.reshape(1) for m in torch._foreach_norm(bucket, order))
-    both = torch.cat([m.to(device="cpu", dtype=torch.float64) for m in norms]) if len(
+    values = torch.cat([m.to(device="cpu", dtype=torch.float64) for m in norms]) if len(
         {m.device for m in norms}) > 1 else torch.cat(norms)
-    return bool(torch.isfinite(both).all())
+    return bool(torch.isfinite(values).all())
 
 
 def warn_nonfinite_skip(name: str, step) -> None:
